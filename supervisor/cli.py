@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["EXIT_INVALID", "EXIT_OK", "build_parser", "cmd_config", "main"]
+__all__ = ["EXIT_INVALID", "EXIT_OK", "build_parser", "cmd_config", "cmd_health", "main"]
 
 PROG = "kube-event-agent"
 EXIT_OK = 0
@@ -89,8 +89,27 @@ def _config_yaml(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _add_health(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from supervisor.probe import add_health_arguments
+
+    parser = subparsers.add_parser(
+        "health",
+        help="ask the running agent: prints 'Agent health: PASS' (exit 0) or FAIL (exit 1)",
+    )
+    add_health_arguments(parser)
+    parser.set_defaults(handler=cmd_health)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """``kube-event-agent health``: an exec probe, stdlib only."""
+    from supervisor.probe import main_health
+
+    return main_health(args)
+
+
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     _add_config,
+    _add_health,
 )
 
 
