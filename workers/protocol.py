@@ -18,9 +18,9 @@ from datetime import datetime
 from workers.settings import WorkerSettings
 
 __all__ = [
+    "Failed",
     "FromSupervisor",
     "FromWorker",
-    "Failed",
     "Heartbeat",
     "Progress",
     "Reload",
