@@ -13,7 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["EXIT_INVALID", "EXIT_OK", "build_parser", "cmd_config", "cmd_health", "main"]
+__all__ = ["EXIT_INVALID", "EXIT_OK", "build_parser", "cmd_config", "cmd_health", "cmd_run",
+           "main"]
 
 PROG = "kube-event-agent"
 EXIT_OK = 0
@@ -89,6 +90,27 @@ def _config_yaml(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run the agent (the container entrypoint): elect a leader, run its workers",
+        description=(
+            "Run the supervisor: campaign for the leader lock and, while leading, run the "
+            "event and control-plane workers. SIGTERM hands leadership over; SIGHUP reloads "
+            "datadog.yaml. Exit 2 before any API call if the configuration is invalid."
+        ),
+    )
+    _add_config_option(parser)
+    parser.set_defaults(handler=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``kube-event-agent run``."""
+    from supervisor.agent import run
+
+    return run(args.config)
+
+
 def _add_health(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from supervisor.probe import add_health_arguments
 
@@ -108,6 +130,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    _add_run,
     _add_config,
     _add_health,
 )
