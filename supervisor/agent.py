@@ -105,6 +105,8 @@ class Agent:
         self._ckpt_tick = time.monotonic()
         self._last_reload: tuple[bool, str, float] | None = None
         self._shutting_down = False
+        self._token_error = ""
+        """Why the persisted token could not be read after winning ("" when it was)."""
         self.api: KubeApi
         self.elector: Elector | None = None
         self._elector_stop = threading.Event()
@@ -236,17 +238,24 @@ class Agent:
         return self._leading_now()
 
     def _start_workers(self, epoch: int) -> None:
-        """After winning: read the persisted token, then start the workers (main thread)."""
-        while not self._shutting_down:
-            if epoch != self._epoch or not self._leading_now():
-                return
-            try:
-                self.checkpointer.load()
-                break
-            except ApiError as exc:
-                # Starting without the token would skip or replay events: wait for it.
-                logger.warning("cannot read the token yet ({}); retrying", exc)
-                self._sleep_ticking(1.0)
+        """After winning: read the persisted token, then start the workers (main thread).
+
+        A failed read is retried through the command queue, so signals are still served.
+        """
+        if self._shutting_down or epoch != self._epoch or not self._leading_now():
+            return
+        try:
+            self.checkpointer.load()
+        except ApiError as exc:
+            # Starting without the token would skip or replay events: wait for it.
+            if self._token_error != str(exc):
+                logger.warning("cannot read the token yet ({}); retrying every second", exc)
+            self._token_error = str(exc)
+            retry = threading.Timer(1.0, self._commands.put, args=(("leading", epoch),))
+            retry.daemon = True
+            retry.start()
+            return
+        self._token_error = ""
         kinds = enabled_worker_kinds(self.config)
         with self._leadership:
             if epoch != self._epoch or not self._leading_now() or self._shutting_down:
@@ -287,12 +296,6 @@ class Agent:
             self.api.get("/version", timeout=min(5.0, self.api.timeout_s))
         except ApiError as exc:
             logger.debug("API server ping failed: {}", exc)
-
-    def _sleep_ticking(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            self._main_tick = time.monotonic()
-            time.sleep(min(left, _TICK_S))
 
     # -- reload -----------------------------------------------------------------------------
     def _reload(self) -> None:
@@ -388,7 +391,8 @@ class Agent:
             LoopStatus("checkpoint", now - self._ckpt_tick,
                        float(config.token_checkpoint_interval)
                        + 4 * float(config.kubernetes_apiserver_client_timeout) + 10),
-            LoopStatus("worker-monitor", self.pool.tick_age_s, 15.0),
+            # The first fork-server start happens on this loop: slow on a loaded node.
+            LoopStatus("worker-monitor", self.pool.tick_age_s, 30.0),
         ]
         if elector is not None:
             loops.append(LoopStatus(
@@ -418,7 +422,7 @@ class Agent:
             token_persisted=persisted.resource_version if persisted else None,
             checkpoint_writes=self.checkpointer.writes,
             checkpoint_failures=self.checkpointer.failures,
-            checkpoint_last_ok=self.checkpointer.last_ok,
+            checkpoint_last_ok=False if self._token_error else self.checkpointer.last_ok,
             loops=tuple(loops),
             workers=self.pool.snapshot(),
             election_requests=election.requests if election else {},

@@ -159,3 +159,15 @@ def test_no_secret_in_any_log_line(kubesim: KubeSim, fleet: Replicas) -> None:
     logs = replica.logs()
     assert "kube-event-agent" in logs
     assert SECRET not in logs
+
+
+def test_unreadable_token_blocks_workers_not_signals(kubesim: KubeSim, fleet: Replicas) -> None:
+    kubesim.inject_fault(status=500, path="configmaps/datadogtoken", verbs=["get"])
+    replica = fleet.add().start()
+    fleet.wait_for_leader(STARTUP)
+    wait_for(lambda: "checkpoint" in ((replica.state() or {}).get("Unhealthy") or []), 10,
+             "checkpoint reported unhealthy while the token cannot be read")
+    assert "cannot read the token yet" in replica.logs()
+    replica.signal(signal.SIGTERM)
+    assert replica.wait(10) == 0
+    assert lock_record(kubesim).holder_identity == ""
