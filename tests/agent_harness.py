@@ -57,6 +57,9 @@ class Replica:
     workdir: Path
     env: dict[str, str]
     config_path: Path | None = None
+    argv: tuple[str, ...] = ()
+    """The command to run instead of ``python -m supervisor run`` (e.g. another venv's
+    ``kube-event-agent run``); ``--config`` is appended the same way."""
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     _files: list[Any] = field(default_factory=list)
@@ -67,7 +70,7 @@ class Replica:
         out = open(self.workdir / f"{self.name}.{self.restarts}.stdout", "wb")  # noqa: SIM115
         err = open(self.workdir / f"{self.name}.{self.restarts}.stderr", "wb")  # noqa: SIM115
         self._files = [out, err]
-        args = [sys.executable, "-m", "supervisor", "run"]
+        args = list(self.argv) or [sys.executable, "-m", "supervisor", "run"]
         if self.config_path is not None:
             args += ["--config", str(self.config_path)]
         self.proc = subprocess.Popen(args, env=self.env, stdout=out, stderr=err,
@@ -185,7 +188,7 @@ class Replicas:
         env.update(self.extra_env)
         return env
 
-    def add(self, *, env: dict[str, str] | None = None) -> Replica:
+    def add(self, *, env: dict[str, str] | None = None, argv: tuple[str, ...] = ()) -> Replica:
         name = f"replica-{len(self.replicas)}"
         port = free_port()
         config_path = None
@@ -193,7 +196,7 @@ class Replicas:
             config_path = self.workdir / f"{name}.datadog.yaml"
             config_path.write_text(self.datadog_yaml)
         replica = Replica(name, port, self.workdir, {**self.base_env(name, port), **(env or {})},
-                          config_path)
+                          config_path, argv)
         self.replicas.append(replica)
         return replica
 
