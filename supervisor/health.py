@@ -121,6 +121,7 @@ def _worker_document(w: WorkerStatus) -> dict[str, Any]:
         "heartbeat_age_s": _round(w.heartbeat_age_s), "rss_bytes": w.rss_bytes,
         "cpu_percent": _round(w.cpu_percent), "healthy": w.healthy, "detail": w.detail,
         "stats": dict(sorted(w.stats.items())),
+        "gauges": dict(sorted(w.gauges.items())),
     }
 
 

@@ -150,21 +150,28 @@ def _worker_metrics(workers: tuple[WorkerStatus, ...]) -> Iterator[Metric]:
 
 
 def _stat_metrics(workers: tuple[WorkerStatus, ...]) -> Iterator[Metric]:
-    families: dict[str, CounterMetricFamily] = {}
+    families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
     for w in workers:
         seen: set[str] = set()
-        for stat, value in _numeric(w.stats):
-            name = stat_family(stat)
-            # Two stats of one worker that sanitise alike: keep the first, never duplicate.
-            if name is None or name in seen:
-                continue
-            seen.add(name)
-            family = families.get(name)
-            if family is None:
-                family = families[name] = CounterMetricFamily(
-                    name, f"Worker counter {stat!r} from heartbeats.", labels=["kind"],
-                )
-            family.add_metric([w.kind], value)
+        for values, gauge in ((w.stats, False), (w.gauges, True)):
+            for stat, value in _numeric(values):
+                name = stat_family(stat)
+                # Two stats of one worker that sanitise alike: keep the first, never twice.
+                if name is None or name in seen:
+                    continue
+                seen.add(name)
+                family = families.get(name)
+                if family is None:
+                    family = families[name] = (
+                        GaugeMetricFamily(name, f"Worker value {stat!r} from heartbeats.",
+                                          labels=["kind"])
+                        if gauge else
+                        CounterMetricFamily(name, f"Worker counter {stat!r} from heartbeats.",
+                                            labels=["kind"])
+                    )
+                if isinstance(family, GaugeMetricFamily) != gauge:
+                    continue  # the same name used as counter by one kind, gauge by another
+                family.add_metric([w.kind], value)
     yield from families.values()
 
 

@@ -31,6 +31,8 @@ class WorkerStatus:
     detail: str = ""
     stats: Mapping[str, float] = field(default_factory=dict)
     """Counters the worker reports in its heartbeats (events delivered, payloads, ...)."""
+    gauges: Mapping[str, float] = field(default_factory=dict)
+    """Current values the worker reports (e.g. intake_forbidden)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ class WorkerSlot:
     healthy: bool = True
     detail: str = ""
     stats: Mapping[str, float] = field(default_factory=dict)
+    gauges: Mapping[str, float] = field(default_factory=dict)
 
     def enable(self, now: float) -> None:
         self.enabled = True
@@ -65,6 +66,7 @@ class WorkerSlot:
     def heartbeat(self, proc: WorkerProcess, beat: Heartbeat, now: float) -> None:
         proc.last_heartbeat = now
         self.healthy, self.detail, self.stats = beat.healthy, beat.detail, beat.stats
+        self.gauges = beat.gauges
         if self.state == "starting" and self.proc is proc:
             self.state = "running"
 
@@ -145,4 +147,5 @@ class WorkerSlot:
             healthy=self.healthy,
             detail=self.detail,
             stats=dict(self.stats),
+            gauges=dict(self.gauges),
         )

@@ -531,3 +531,22 @@ def test_render_handles_partial_documents():
     text, passed = render({"Healthy": ["b", "a"], "Unhealthy": ["c"]})
     assert not passed
     assert text.splitlines()[1:3] == ["=== 2 healthy components ===", "a, b"]
+
+
+def test_worker_gauges_are_gauges_and_counters_are_counters():
+    from prometheus_client import generate_latest
+
+    from supervisor.metrics import metrics_registry
+
+    worker = WorkerStatus(kind="events", state="running", pid=7,
+                          stats={"events_delivered_total": 12.0},
+                          gauges={"intake_forbidden": 1.0})
+    status = AgentStatus(identity="a", version="0", leader_election=True, is_leader=True,
+                         workers=(worker,))
+    text = generate_latest(metrics_registry(lambda: status)).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["kube_event_agent_worker_events_delivered"].type == "counter"
+    assert families["kube_event_agent_worker_intake_forbidden"].type == "gauge"
+    (sample,) = families["kube_event_agent_worker_intake_forbidden"].samples
+    assert sample.labels == {"kind": "events"}
+    assert sample.value == 1.0

@@ -111,7 +111,7 @@ def test_start_snapshot_stop(make_pool):
                  what="a sampled")
     assert w.heartbeat_age_s is not None
     assert w.heartbeat_age_s < 2.0
-    assert w.stats["pid"] == a.pid
+    assert w.gauges["pid"] == a.pid
     assert w.cpu_percent is not None
     assert psutil.Process(a.pid).name() == "a"  # PR_SET_NAME
     t0 = time.monotonic()
@@ -256,10 +256,10 @@ def test_progress_forwarded_and_restart_resumes_from_latest_token(make_pool):
     handed = checkpointer.handed_out[-1]
     assert handed is not None
     assert int(handed.resource_version) >= 110
-    w = wait_for(lambda: (w := worker(pool, "progress")).stats.get("start_rv") and w,
+    w = wait_for(lambda: (w := worker(pool, "progress")).gauges.get("start_rv") and w,
                  what="start_rv reported")
     assert w.pid == p2.pid
-    assert w.stats["start_rv"] == int(handed.resource_version)
+    assert w.gauges["start_rv"] == int(handed.resource_version)
     # The batch a worker finishes during the stop grace is acknowledged before stop returns.
     pool.stop(2.0)
     assert int(checkpointer.received[-1].resource_version) > 1000

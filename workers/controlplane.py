@@ -191,8 +191,7 @@ class _Checker:
         undelivered = len(checks) - delivery.acknowledged
         if undelivered and delivery.outcome is not Outcome.STOPPED:
             self.ctx.count("controlplane_undelivered_total", undelivered)
-        for key, value in self.intake.stats().items():
-            self.ctx.gauge(key, value)
+        self.intake.report(self.ctx)
         delivered = delivery.outcome is Outcome.ACKNOWLEDGED
         if delivered != self._delivered and delivery.outcome is not Outcome.STOPPED:
             self._delivered = delivered

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote
 
 import orjson
@@ -71,6 +71,14 @@ def intake_url(settings: IntakeSettings) -> str:
     if settings.dd_url:
         return settings.dd_url.rstrip("/")
     return f"https://app.{settings.site.strip().strip('.')}"
+
+
+class StatsSink(Protocol):
+    """Where counters go: a worker's ``WorkerContext`` (not imported: loop imports us)."""
+
+    def total(self, key: str, value: float) -> None: ...
+
+    def gauge(self, key: str, value: float) -> None: ...
 
 
 class Outcome(enum.Enum):
@@ -165,12 +173,20 @@ class IntakeClient:
         """``time.monotonic()`` before which no request is sent after a 403."""
         return self._forbidden_until
 
-    def stats(self) -> dict[str, float]:
-        """Monotonic counters for /metrics, plus the ``intake_forbidden`` gauge."""
+    def counters(self) -> dict[str, float]:
+        """Monotonic counters (running totals) for /metrics."""
         with self._lock:
-            out = {k: float(v) for k, v in self._stats.items()}
-        out["intake_forbidden"] = 1.0 if self._forbidden else 0.0
-        return out
+            return {k: float(v) for k, v in self._stats.items()}
+
+    def stats(self) -> dict[str, float]:
+        """The counters plus the ``intake_forbidden`` gauge (1 while the key is refused)."""
+        return {**self.counters(), "intake_forbidden": 1.0 if self._forbidden else 0.0}
+
+    def report(self, ctx: StatsSink) -> None:
+        """Hand the counters and the forbidden gauge to a worker's heartbeat stats."""
+        for key, value in self.counters().items():
+            ctx.total(key, value)
+        ctx.gauge("intake_forbidden", 1.0 if self._forbidden else 0.0)
 
     def deliver_events(
         self,

@@ -105,6 +105,7 @@ class WorkerContext:
         self._channel = channel
         self._lock = threading.Lock()
         self._stats: dict[str, float] = {}
+        self._gauges: dict[str, float] = {}
         self._healthy = True
         self._detail = ""
 
@@ -122,10 +123,15 @@ class WorkerContext:
         with self._lock:
             self._stats[key] = self._stats.get(key, 0.0) + n
 
+    def total(self, key: str, value: float) -> None:
+        """Set counter ``key`` to a running total kept elsewhere (e.g. the intake's)."""
+        with self._lock:
+            self._stats[key] = float(value)
+
     def gauge(self, key: str, value: float) -> None:
         """Set stat ``key`` to ``value`` (reported in heartbeats)."""
         with self._lock:
-            self._stats[key] = float(value)
+            self._gauges[key] = float(value)
 
     def set_health(self, healthy: bool, detail: str = "") -> None:
         """Running but unable to do the job (e.g. intake 403) is ``healthy=False``."""
@@ -136,6 +142,7 @@ class WorkerContext:
     def _heartbeat(self) -> Heartbeat:
         with self._lock:
             return Heartbeat(at=time.monotonic(), stats=dict(self._stats),
+                             gauges=dict(self._gauges),
                              healthy=self._healthy, detail=self._detail)
 
     def _reload(self, settings: WorkerSettings) -> None:

@@ -92,6 +92,8 @@ class Heartbeat:
     stats: Mapping[str, float] = field(default_factory=dict)
     healthy: bool = True
     detail: str = ""
+    gauges: Mapping[str, float] = field(default_factory=dict)
+    """Current values (e.g. intake_forbidden), exported as gauges rather than counters."""
 
 
 @dataclass(frozen=True, slots=True)
