@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["EXIT_INVALID", "EXIT_OK", "build_parser", "cmd_config", "cmd_health", "cmd_run",
-           "main"]
+__all__ = ["EXIT_INVALID", "EXIT_OK", "build_parser", "cmd_config", "cmd_demo", "cmd_health",
+           "cmd_run", "main"]
 
 PROG = "kube-event-agent"
 EXIT_OK = 0
@@ -129,10 +129,40 @@ def cmd_health(args: argparse.Namespace) -> int:
     return main_health(args)
 
 
+def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # The demo owns its options (``python -m demo --help``): with "+" as the only prefix
+    # character this parser passes every argument through untouched, --help included.
+    parser = subparsers.add_parser(
+        "demo",
+        help="the no-cluster demo: kubesim, agent replicas, events, a leader hand-over "
+             "([--duration S] [--replicas N] [--keep] [--crash]; 'demo --help' for all)",
+        add_help=False,
+        prefix_chars="+",
+    )
+    parser.add_argument("demo_args", nargs="*", help=argparse.SUPPRESS)
+    parser.set_defaults(handler=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``kube-event-agent demo``: becomes ``python -m demo``, which may import kubesim
+    (this package must not, see the import-linter contracts)."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(sys.executable, [sys.executable, "-m", "demo", *args.demo_args])
+    except OSError as exc:
+        print(f"{PROG} demo: cannot run {sys.executable}: {exc.strerror or exc}",
+              file=sys.stderr)
+    return EXIT_INVALID
+
+
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     _add_run,
     _add_config,
     _add_health,
+    _add_demo,
 )
 
 
