@@ -289,13 +289,23 @@ class Agent:
 
     def _ping_api(self) -> None:
         """Keep /ready honest when nothing else talks to the API server (a quiet follower)."""
-        last = self.api.last_answer
-        if last is not None and time.monotonic() - last < self._ready_after_s() / 3:
-            return
+        age = self._api_contact_age()
+        if age is not None and age < self._ready_after_s() / 3:
+            return  # a watching follower hears from the API server with every renewal
         try:
             self.api.get("/version", timeout=min(5.0, self.api.timeout_s))
         except ApiError as exc:
             logger.debug("API server ping failed: {}", exc)
+
+    def _api_contact_age(self) -> float | None:
+        """Seconds since the API server last answered anyone in this supervisor."""
+        now = time.monotonic()
+        last_answer = self.api.last_answer
+        ages = [now - last_answer] if last_answer is not None else []
+        elector = self.elector
+        if elector is not None and (age := elector.status().last_contact_age_s) is not None:
+            ages.append(age)
+        return min(ages) if ages else None
 
     # -- reload -----------------------------------------------------------------------------
     def _reload(self) -> None:
@@ -379,11 +389,6 @@ class Agent:
         config = self.config
         elector = self.elector
         election = elector.status() if elector is not None else None
-        last_answer = self.api.last_answer
-        contact = [a for a in (
-            None if last_answer is None else now - last_answer,
-            election.last_contact_age_s if election else None,
-        ) if a is not None]
         token, persisted = self.checkpointer.token, self.checkpointer.persisted
         loops = [
             LoopStatus("main", now - self._main_tick,
@@ -411,7 +416,7 @@ class Agent:
             lease_age_s=election.lease_age_s if election else None,
             leader_transitions=election.leader_transitions if election else 0,
             renew_latency_s=election.last_renew_latency_s if election else None,
-            api_contact_age_s=min(contact) if contact else None,
+            api_contact_age_s=self._api_contact_age(),
             ready_after_s=self._ready_after_s(),
             last_reload_ok=reload_ok,
             last_reload_error=reload_error,

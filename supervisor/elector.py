@@ -103,6 +103,9 @@ class Elector:
         self._changed = threading.Event()
         self._observed = LeaderRecord()
         self._observed_at: float | None = None
+        self._observed_rv = 0
+        """resourceVersion of the observed record: an older one (a late watch event) never
+        overrides it, or a fresh leader could believe its own write was undone."""
         self._reported_leader = ""
         self._leading = False
         self._last_renew: float | None = None
@@ -192,7 +195,12 @@ class Elector:
             with self._mutex:
                 record, observed_at = self._observed, self._observed_at
             now = self._clock()
-            if not record.holder_identity or observed_at is None:
+            if observed_at is None:
+                return
+            if not record.holder_identity:
+                # A release wakes every watching follower at once: spread their attempts.
+                limit = min(0.5, self.timing.retry_period_s * self.timing.jitter)
+                stop.wait(random.uniform(0, limit))
                 return
             expires = observed_at + record.lease_duration_seconds
             if now >= expires:
@@ -239,7 +247,7 @@ class Elector:
             self._renewed(desired, sent)
             return True
         assert isinstance(current, LeaderRecord)
-        self._observe(current)
+        self._observe(current, self.lock.resource_version)
         # 3. Held by someone else and not expired by our own clock: nothing to do.
         held_by_other = current.holder_identity not in ("", self.identity)
         if held_by_other and self._lease_valid(self._clock()):
@@ -279,11 +287,16 @@ class Elector:
         with self._mutex:
             self._observed = record
             self._observed_at = sent
+            self._observed_rv = max(self._observed_rv, _rv(self.lock.resource_version))
         self._last_renew_latency = self._clock() - sent
         self._last_renew = sent
 
-    def _observe(self, record: LeaderRecord) -> None:
+    def _observe(self, record: LeaderRecord, resource_version: str) -> None:
         with self._mutex:
+            rv = _rv(resource_version)
+            if rv and rv <= self._observed_rv:
+                return  # older than what we already know (e.g. our own newer write)
+            self._observed_rv = max(self._observed_rv, rv)
             if record != self._observed:
                 self._observed = record
                 self._observed_at = self._clock()
@@ -323,9 +336,9 @@ class Elector:
                     failures = 0
                     resource_version = rv or resource_version
                     if record is not None:
-                        self._observe(record)
+                        self._observe(record, rv)
                     elif kind == "DELETED":
-                        self._observe(LeaderRecord())
+                        self._observe(LeaderRecord(), rv)
                     if stop.is_set() or watcher_stop.is_set():
                         break
             except ApiError as exc:
@@ -384,6 +397,7 @@ class Elector:
         with self._mutex:
             self._observed = record
             self._observed_at = self._clock()
+            self._observed_rv = max(self._observed_rv, _rv(self.lock.resource_version))
         logger.info("released {}", self.lock.describe())
         return True
 
@@ -406,3 +420,11 @@ class Elector:
 
 
 _FAILED = object()
+
+
+def _rv(resource_version: str) -> int:
+    """resourceVersions as integers (etcd's); 0 for anything else, which never compares."""
+    try:
+        return int(resource_version)
+    except (TypeError, ValueError):
+        return 0

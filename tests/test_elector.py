@@ -247,3 +247,17 @@ def test_polling_fallback_stays_within_one_request_per_retry_period(
     counts = {c["userAgent"]: c for c in kubesim.counts()["clients"]}
     total = counts.get(agent, {"total": 0})["total"]
     assert 1 <= total <= window / (retry * 0.9) + 1
+
+
+def test_a_late_watch_event_never_undoes_our_own_write(kubesim: KubeSim, candidates) -> None:
+    """A watch may deliver an older record (e.g. the release we just took over) after our
+    own write: it must not make a fresh leader believe it lost the lock."""
+    (cand,) = candidates(1)
+    wait_for(lambda: cand.leading, 10, "leadership")
+    elector = cand.elector
+    stale_rv = str(int(elector.lock.resource_version) - 1)
+    elector._observe(LeaderRecord(holder_identity="", lease_duration_seconds=1), stale_rv)
+    assert elector.is_holder()
+    assert elector.is_leader()
+    time.sleep(2 * ElectionTiming.from_lease(LEASE).retry_period_s)  # observe a few renewals
+    assert cand.stopped == []

@@ -61,14 +61,14 @@ def kinds(*entries: WorkerKind) -> Mapping[str, WorkerKind]:
     return MappingProxyType(table)
 
 
-_KUBE_CLIENT = ("kubernetes.client", "kubernetes.client.api.core_v1_api", "orjson")
+_KUBE_CLIENT = ("kubernetes.client", "orjson")
 
 KINDS: Mapping[str, WorkerKind] = kinds(
     WorkerKind(
         name="events",
         target="workers.events:run",
         depends_on=frozenset({"kube", "intake", "events"}),
-        preload=(*_KUBE_CLIENT, "kubernetes.watch"),
+        preload=_KUBE_CLIENT,
     ),
     WorkerKind(
         name="controlplane",
