@@ -1,0 +1,93 @@
+"""The bench scripts still run: each one's ``--quick`` mode, as a real process, end to end.
+
+Checks that every script exits 0, prints its table and writes sane figures (events not lost,
+orders of magnitude that hold on any machine). Never a timing target: CI boxes are slow
+and shared.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+
+
+def run_quick(name: str, out: Path) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick", "--out",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=240,
+                          check=False)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "----" in proc.stdout  # the table
+    assert (out / f"{name}.quick.png").stat().st_size > 1000
+    return json.loads((out / f"{name}.quick.json").read_text())
+
+
+@pytest.mark.timeout(300)
+def test_handover(tmp_path: Path) -> None:
+    doc = run_quick("bench_handover", tmp_path)
+    (lease, runs), = doc["leases"].items()
+    graceful, crash, worker = runs["graceful"][0], runs["crash"][0], runs["worker"][0]
+    # A release hands over before a lease could expire; a crash waits for the expiry.
+    assert 0 < graceful["lock moved"] < float(lease)
+    assert graceful["lock moved"] < graceful["worker up"] < graceful["1st event"]
+    assert 0.5 * float(lease) < crash["lock moved"] < 3 * float(lease)
+    assert crash["lock moved"] < crash["1st event"]
+    assert 0 < worker["heartbeat"] < worker["1st event"]
+    assert graceful["dup"] == 0
+    assert runs["integrity"]["lost"] == 0
+    assert all(v > 0 for v in doc["preload"].values())
+
+
+@pytest.mark.timeout(300)
+def test_api_load(tmp_path: Path) -> None:
+    doc = run_quick("bench_api_load", tmp_path)
+    (_, run_), = doc["runs"].items()
+    groups = run_["groups"]
+    assert all(g["stable"] for g in groups.values())
+    for n in (3, 30):
+        # Watching followers send (almost) nothing; polling ones one GET per retry period.
+        assert groups[f"watch{n}"]["follower_rpm_mean"] < groups[f"poll{n}"]["follower_rpm_mean"]
+        assert groups[f"watch{n}"]["leader_rpm"] > 0
+    assert groups["real3"]["leader_rpm"] > groups["real3"]["follower_rpm_mean"]
+    assert run_["handover"]
+    assert run_["crash"]
+
+
+@pytest.mark.timeout(300)
+def test_latency(tmp_path: Path) -> None:
+    doc = run_quick("bench_latency", tmp_path)
+    for r in doc["runs"]:
+        assert r["written"] > 100
+        assert r["lost"] == 0
+        assert r["delivered"] == r["written"]
+        assert 0 < r["latency_s"]["p50"] <= r["latency_s"]["p99"]
+
+
+@pytest.mark.timeout(300)
+def test_pods(tmp_path: Path) -> None:
+    doc = run_quick("bench_pods", tmp_path)
+    idle = doc["memory"]["idle"]
+    assert idle["leader"]["uss"] > idle["follower"]["uss"] > 0
+    assert {"supervisor", "events", "controlplane"} <= set(idle["leader"]["by_process"])
+    assert doc["memory"]["load"]["delivered"] == doc["memory"]["load"]["written"]
+    start = doc["startup"][0]
+    assert 0 < start["ready"] < start["1st event"]
+
+
+@pytest.mark.timeout(300)
+def test_throughput_writers(tmp_path: Path) -> None:
+    doc = run_quick("bench_throughput_writers", tmp_path)
+    assert [r["writers"] for r in doc["live"]] == [1, 10, 100]
+    for r in doc["live"]:
+        assert r["lost"] == 0
+        assert r["delivered"] == r["events"]
+        assert r["delivery_rate"] > 0
+    assert doc["backlog"]["lost"] == 0
+    assert doc["ceiling"]["rate"] > 0
