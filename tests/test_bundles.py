@@ -6,9 +6,12 @@ import re
 import orjson
 import pytest
 
+from workers import bundles
 from workers.bundles import (
     MAX_TEXT_CHARS,
     MalformedEvent,
+    Occurrence,
+    datadog_events,
     is_collected,
     last_seen,
     transform,
@@ -371,3 +374,93 @@ def sel(kind="", source="", reasons=()):
 ])
 def test_collected_event_types(selectors, event, expected):
     assert is_collected(event, selectors) is expected
+
+
+# -- the hot path: occurrences read once, one-occurrence bundles built directly -----------
+
+def varied_events():
+    """Events covering the format's corners: namespaces, uids, components, tildes, sizes."""
+    events = [kubelet_event(), scheduler_event(), node_event(), deploy_event(),
+              kubelet_event("Failed", "a ~tilde~ here", source={"component": "~kube~let"}),
+              kubelet_event(source={}, reportingComponent=""),
+              kubelet_event(involvedObject={"kind": "Pod", "name": "no-uid", "namespace": "x"}),
+              kubelet_event(involvedObject={"kind": "Widget", "name": "w", "uid": "w-1"}),
+              kubelet_event("Huge", "y " * 2100, count=4),
+              kubelet_event("BackOff", "Back-off", type="Warning", count=9),
+              kubelet_event(series={"count": 5, "lastObservedTime": "1992-06-27T16:40:00Z"}),
+              kubelet_event(lastTimestamp="1992-06-27T16:31:00Z", reason=None, message=5)]
+    for i in range(40):  # several occurrences per object, several objects per kind
+        events.append(kubelet_event(
+            f"Reason{i % 3}", f"message {i % 5}", count=1 + i % 4,
+            type="Warning" if i % 7 == 0 else "Normal",
+            involvedObject={"kind": ("Pod", "Node", "Deployment")[i % 3], "name": f"o-{i % 6}",
+                            "namespace": "" if i % 3 == 1 else "ns", "uid": f"u-{i % 6}"},
+            source={"component": ("kubelet", "", "controller")[i % 3], "host": f"n{i % 2}"}))
+    return events
+
+
+@pytest.mark.parametrize("unbundle", [False, True])
+@pytest.mark.parametrize("tags", [(), ("env:prod", "kube_kind:Pod", "env:prod")])
+def test_datadog_events_of_occurrences_are_what_transform_makes(unbundle, tags):
+    raws = varied_events()
+    expected = transform(copy.deepcopy(raws), unbundle=unbundle, tags=tags, hostname="h")
+    assert not expected.malformed
+    got = datadog_events([Occurrence(r) for r in raws], unbundle=unbundle, tags=tags,
+                         hostname="h")
+    assert orjson.dumps(got) == orjson.dumps(expected.events)
+
+
+@pytest.mark.parametrize("tags", [(), ("env:prod", "kube_kind:Pod")])
+def test_one_occurrence_bundles_are_what_the_general_bundle_makes(tags):
+    for raw in varied_events():
+        occ = Occurrence(raw)
+        direct: list = []
+        general: list = []
+        if not bundles._single(occ, tags, "h", direct):
+            assert len(_text(occ)) > MAX_TEXT_CHARS  # only a text too long goes the long way
+            continue
+        bundles._Bundle([occ]).emit(tags, "h", general)
+        assert orjson.dumps(direct) == orjson.dumps(general), raw["reason"]
+
+
+def _text(occ):
+    return f"{occ.count} **{occ.reason}**: {occ.message}".replace("~", "\\~")
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1, 2])
+def test_a_single_occurrence_right_at_the_text_limit(extra):
+    probe = only(transform([kubelet_event("Big", "m")]))["msg_text"]
+    message = "m" * (MAX_TEXT_CHARS - len(probe) + 1 + extra)
+    out = transform([kubelet_event("Big", message)])
+    texts = [e["msg_text"] for e in out.events]
+    assert all(len(t) <= MAX_TEXT_CHARS for t in texts)
+    assert len(texts) == (1 if extra <= 0 else 2)
+    if extra <= 0:
+        assert len(texts[0]) == MAX_TEXT_CHARS + extra
+    assert "".join(re.sub(r"^.*\*\*Big\*\*: (\[part \d/\d\] )?", "", t.split("\n")[1])
+                   for t in texts) == message
+
+
+def test_the_quick_read_of_an_occurrence_is_the_careful_one():
+    odd = [kubelet_event(firstTimestamp="1992-06-27T16:29:00Z"), kubelet_event(count=0),
+           kubelet_event(count=True)]
+    for raw in [*varied_events(), *odd]:
+        try:
+            occ = Occurrence(raw)
+        except MalformedEvent as exc:
+            with pytest.raises(MalformedEvent, match=re.escape(exc.problem)):
+                Occurrence.__new__(Occurrence)._read(raw)
+            continue
+        careful = Occurrence.__new__(Occurrence)
+        careful._read(raw)
+        for name in Occurrence.__slots__:
+            assert getattr(occ, name) == getattr(careful, name), name
+
+
+def test_every_datadog_event_owns_its_tag_list():
+    first = only(transform([kubelet_event()]))
+    first["tags"].append("mutated:by-a-caller")
+    assert "mutated:by-a-caller" not in only(transform([kubelet_event()]))["tags"]
+    split = transform([kubelet_event("Failed", "x " * 3000)]).events
+    assert len(split) > 1
+    assert len({id(e["tags"]) for e in split}) == len(split)

@@ -16,7 +16,14 @@ from loguru import logger
 from workers.backoff import Backoff
 from workers.bundles import transform
 from workers.intake import IntakeClient, Outcome, _bypasses_proxy, intake_url
-from workers.payloads import batches, encode_events, service_check
+from workers.payloads import (
+    batches,
+    encode_events,
+    events_body,
+    events_payload,
+    service_check,
+    whole_events_payload,
+)
 from workers.settings import IntakeSettings
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -416,3 +423,24 @@ def test_tls_is_verified():
         with IntakeClient(settings, backoff=FAST, ca_certs=intake.ca_file) as trusting:
             assert trusting.deliver_events([dd_event(1)], threading.Event()).done
         assert len(intake.events()) == 1
+
+
+def test_a_batch_of_one_source_type_is_encoded_in_one_call_byte_for_byte():
+    events = [dd_event(i) for i in range(20)]
+    whole = whole_events_payload(events, "cluster-agent-0", 500, 2**21)
+    assert whole == events_payload(encode_events(events), "cluster-agent-0")
+    assert events_body(events[:3], "h") == events_payload(encode_events(events[:3]), "h")
+    other = dict(dd_event(2), source_type_name="kubernetes cluster autoscaler")
+    assert whole_events_payload([dd_event(1), other], "h", 500, 2**21) is None
+    assert whole_events_payload(events, "h", 19, 2**21) is None  # too many for one payload
+    assert whole_events_payload(events, "cluster-agent-0", 500, len(whole) - 1) is None
+    assert whole_events_payload([], "h", 500, 2**21) is None
+
+
+def test_the_one_payload_batch_reaches_the_intake_as_it_was(intake):
+    events = [dd_event(i) for i in range(50)]
+    with client_for(intake) as client:
+        assert client.deliver_events(events, threading.Event()).acknowledged == 50
+    (request,) = intake.requests()
+    assert zlib.decompress(request.raw) == events_payload(encode_events(events),
+                                                          "cluster-agent-0")

@@ -39,6 +39,7 @@ __all__ = [
     "MalformedEvent",
     "Occurrence",
     "Transformed",
+    "datadog_events",
     "is_collected",
     "last_seen",
     "transform",
@@ -90,28 +91,91 @@ def transform(
     that name no node. Never raises for bad input: those events are in ``malformed``.
     """
     out = Transformed()
-    tags = tuple(tags)
     occurrences: list[Occurrence] = []
     for raw in raws:
         try:
             occurrences.append(Occurrence(raw))
         except MalformedEvent as exc:
             out.malformed.append(exc)
+    out.events.extend(datadog_events(occurrences, unbundle=unbundle, tags=tags,
+                                     hostname=hostname))
+    return out
+
+
+def datadog_events(
+    occurrences: Iterable[Occurrence],
+    *,
+    unbundle: bool = False,
+    tags: Sequence[str] = (),
+    hostname: str = "",
+) -> list[dict[str, Any]]:
+    """``transform`` for occurrences already read (the events worker's hot path)."""
+    out: list[dict[str, Any]] = []
+    tags = tuple(tags)
     if unbundle:
         for occ in occurrences:
-            _unbundled(occ, tags, hostname, out.events)
+            _unbundled(occ, tags, hostname, out)
         return out
-    bundles: dict[tuple[str, str, str, str], _Bundle] = {}
+    # The Agent's bundleID (kind, uid, type); an object without uid is told by its name.
+    # An object with one occurrence in the flush (a steady stream's usual case) skips the
+    # _Bundle machinery.
+    bundles: dict[tuple[str, ...], Occurrence | list[Occurrence]] = {}
+    get = bundles.get
     for occ in occurrences:
-        # The Agent's bundleID (kind, uid, type); an object without uid is told by its name.
-        key = (occ.kind, occ.uid, occ.type, "" if occ.uid else f"{occ.namespace}/{occ.name}")
-        bundle = bundles.get(key)
-        if bundle is None:
-            bundles[key] = bundle = _Bundle(occ)
-        bundle.add(occ)
+        uid = occ.uid
+        key = (occ.kind, uid, occ.type) if uid else (occ.kind, "", occ.type, occ.name,
+                                                     occ.namespace)
+        seen = get(key)
+        if seen is None:
+            bundles[key] = occ
+        elif type(seen) is list:
+            seen.append(occ)
+        else:
+            bundles[key] = [seen, occ]
     for bundle in bundles.values():
-        bundle.emit(tags, hostname, out.events)
+        if type(bundle) is list or not _single(bundle, tags, hostname, out):
+            _Bundle(bundle if type(bundle) is list else [bundle]).emit(tags, hostname, out)
     return out
+
+
+def _single(occ: Occurrence, global_tags: tuple[str, ...], hostname: str,
+            out: list[dict[str, Any]]) -> bool:
+    """The bundle of an object with one occurrence in the flush, if its text fits (True):
+    what ``_Bundle.emit`` makes of it, in fewer steps."""
+    last = occ.last
+    seen_at = _GO_TIMES.get(last) or _go_time(last)
+    since = seen_at if occ.first == last else (_GO_TIMES.get(occ.first) or _go_time(occ.first))
+    text = (
+        f"%%% \n{occ.count} **{occ.reason}**: {occ.message}\n \n _Events emitted by the "
+        f"{occ.component} seen at {seen_at} since {since}_ \n\n %%%"
+    )
+    if "~" in text:
+        text = text.replace("~", "\\~")
+    if len(text) > MAX_TEXT_CHARS:
+        return False
+    out.append(_bundle_event(occ, text, last, (occ.component,), global_tags, hostname))
+    return True
+
+
+def _bundle_event(
+    occ: Occurrence,
+    text: str,
+    last: float,
+    components: tuple[str, ...],
+    global_tags: tuple[str, ...],
+    hostname: str,
+) -> dict[str, Any]:
+    """The Datadog event of a bundle about ``occ``'s object."""
+    tags = _object_tags(occ)
+    if len(components) == 1:
+        tags.append(f"source_component:{components[0]}")
+    else:
+        tags += [f"source_component:{c}" for c in components]
+    tags.append("orchestrator:kubernetes")
+    if global_tags:
+        tags += [t for t in global_tags if t not in tags]
+    return _datadog_event(occ, f"Events from the {_readable(occ)}", text, last,
+                          occ.host or hostname, tags)
 
 
 def _readable(occ: Occurrence) -> str:
@@ -120,49 +184,30 @@ def _readable(occ: Occurrence) -> str:
     return f"{occ.kind} {occ.name}"
 
 
-_TAGS: dict[tuple[Any, ...], list[str]] = {}
+def _object_tags(occ: Occurrence) -> list[str]:
+    """The Agent's getInvolvedObjectTags, deprecated names included (Agent 6 dashboards).
 
-
-def _tags(
-    occ: Occurrence, components: tuple[str, ...], reason: str | None, global_tags: tuple[str, ...]
-) -> list[str]:
-    """Tags of a bundle (``reason`` None) or of an unbundled event; memoised per object."""
-    key = (occ.kind, occ.name, occ.namespace, components, reason, global_tags)
-    tags = _TAGS.get(key)
-    if tags is None:
-        # The Agent's getInvolvedObjectTags, deprecated names included (Agent 6 dashboards).
-        tags = [
-            f"kube_kind:{occ.kind}",
-            f"kube_name:{occ.name}",
-            f"kubernetes_kind:{occ.kind}",
-            f"name:{occ.name}",
-        ]
-        if occ.namespace:
-            tags += [f"kube_namespace:{occ.namespace}", f"namespace:{occ.namespace}"]
-        kind_tag = _KIND_TAGS.get(occ.kind)
-        if kind_tag:
-            tags.append(f"{kind_tag}:{occ.name}")
-        tags += [f"source_component:{c}" for c in components]
-        tags.append("orchestrator:kubernetes")
-        if reason is None:
-            tags += [t for t in global_tags if t not in tags]
-        else:
-            tags.append(f"event_reason:{reason}")
-            tags = sorted(set(tags).union(global_tags))  # the Agent's SortUniq
-        if len(_TAGS) > 16384:
-            _TAGS.clear()
-        _TAGS[key] = tags
-    return list(tags)  # a copy: the caller owns its events
-
-
-def _aggregation_key(occ: Occurrence) -> str:
-    return f"{EVENT_TYPE}:{occ.uid or f'{occ.kind}/{occ.namespace}/{occ.name}'}"
+    Built for every Datadog event rather than memoised: a cache of them cost megabytes
+    per few thousand objects and saved less than a microsecond an event.
+    """
+    kind, name, namespace = occ.kind, occ.name, occ.namespace
+    if namespace:
+        tags = [f"kube_kind:{kind}", f"kube_name:{name}", f"kubernetes_kind:{kind}",
+                f"name:{name}", f"kube_namespace:{namespace}", f"namespace:{namespace}"]
+    else:
+        tags = [f"kube_kind:{kind}", f"kube_name:{name}", f"kubernetes_kind:{kind}",
+                f"name:{name}"]
+    kind_tag = _KIND_TAGS.get(kind)
+    if kind_tag:
+        tags.append(f"{kind_tag}:{name}")
+    return tags
 
 
 def _datadog_event(
     occ: Occurrence, title: str, text: str, ts: float, host: str, tags: list[str]
 ) -> dict[str, Any]:
     # Field order and names of the Agent's serializer (pkg/serializer/.../events.go).
+    uid = occ.uid
     return {
         "msg_title": title,
         "msg_text": text,
@@ -171,7 +216,7 @@ def _datadog_event(
         "host": host,
         "tags": tags,
         "alert_type": _ALERT_TYPES.get(occ.type, "info"),
-        "aggregation_key": _aggregation_key(occ),
+        "aggregation_key": f"{EVENT_TYPE}:{uid or f'{occ.kind}/{occ.namespace}/{occ.name}'}",
         "source_type_name": SOURCE_TYPE_NAME,
         "event_type": EVENT_TYPE,
     }
@@ -180,7 +225,10 @@ def _datadog_event(
 def _unbundled(
     occ: Occurrence, global_tags: tuple[str, ...], hostname: str, out: list[dict[str, Any]]
 ) -> None:
-    tags = _tags(occ, (occ.component,), occ.reason, global_tags)
+    tags = _object_tags(occ)
+    tags += [f"source_component:{occ.component}", "orchestrator:kubernetes",
+             f"event_reason:{occ.reason}"]
+    tags = sorted(set(tags).union(global_tags))  # the Agent's SortUniq
     title = f"{_readable(occ)}: {occ.reason}"
     host = occ.host or hostname
     if len(occ.message) <= MAX_TEXT_CHARS:
@@ -189,7 +237,7 @@ def _unbundled(
     pieces = _cut(occ.message, MAX_TEXT_CHARS - _PART_WIDTH)
     for i, piece in enumerate(pieces, 1):
         text = _PART.format(i, len(pieces)) + piece
-        out.append(_datadog_event(occ, title, text, occ.last, host, tags))
+        out.append(_datadog_event(occ, title, text, occ.last, host, list(tags)))
 
 
 class _Bundle:
@@ -197,51 +245,57 @@ class _Bundle:
 
     __slots__ = ("components", "counts", "first", "last", "occ")
 
-    def __init__(self, occ: Occurrence) -> None:
-        self.occ = occ
-        self.counts: dict[tuple[str, str], int] = {}
-        self.components: dict[str, None] = {}
-        self.first = occ.first
-        self.last = occ.last
-
-    def add(self, occ: Occurrence) -> None:
-        key = (occ.reason, occ.message)
-        self.counts[key] = self.counts.get(key, 0) + occ.count
-        self.components[occ.component] = None
-        if occ.first < self.first:
-            self.first = occ.first
-        if occ.last > self.last:
-            self.last = occ.last
+    def __init__(self, occurrences: list[Occurrence]) -> None:
+        self.occ = occ = occurrences[0]
+        counts: dict[tuple[str, str], int] = {}
+        components: dict[str, None] = {}
+        first, last = occ.first, occ.last
+        for occ in occurrences:
+            key = (occ.reason, occ.message)
+            counts[key] = counts.get(key, 0) + occ.count
+            components[occ.component] = None
+            if occ.first < first:
+                first = occ.first
+            if occ.last > last:
+                last = occ.last
+        self.counts = counts
+        self.components = components
+        self.first = first
+        self.last = last
 
     def emit(
         self, global_tags: tuple[str, ...], hostname: str, out: list[dict[str, Any]]
     ) -> None:
-        occ = self.occ
         components = tuple(self.components)
         if "" in components:
             components = tuple(filter(None, components)) or ("",)
-        emitters = ", ".join(components[:3])
-        if len(components) > 3:  # keep the footer small whatever the text budget
-            emitters += f" and {len(components) - 3} more"
-        foot = (
-            f" \n _Events emitted by the {emitters} seen at {_go_time(self.last)}"
-            f" since {_go_time(self.first)}_ \n\n %%%"
-        ).replace("~", "\\~")
-        budget = MAX_TEXT_CHARS - len(_HEAD) - len(foot)
-        counts = self.counts
-        if len(counts) == 1:
-            ((reason, message), count), = counts.items()
-            line = f"{count} **{reason}**: {message}\n".replace("~", "\\~")
-            chunks = [[line]] if len(line) <= budget else _pack(self._lines(budget), budget)
+        if len(components) == 1:
+            emitters = components[0]
         else:
-            chunks = _pack(self._lines(budget), budget)
-        title = f"Events from the {_readable(occ)}"
-        host = occ.host or hostname
-        tags = _tags(occ, components, None, global_tags)
-        for chunk in chunks:
-            text = _HEAD + " ".join(chunk) + foot
-            out.append(_datadog_event(occ, title, text, self.last, host, tags))
-            tags = list(tags)  # each Datadog event owns its list
+            emitters = ", ".join(components[:3])
+            if len(components) > 3:  # keep the footer small whatever the text budget
+                emitters += f" and {len(components) - 3} more"
+        first, last = self.first, self.last
+        seen_at = _GO_TIMES.get(last) or _go_time(last)
+        since = seen_at if first == last else (_GO_TIMES.get(first) or _go_time(first))
+        foot = f" \n _Events emitted by the {emitters} seen at {seen_at} since {since}_ \n\n %%%"
+        # Lines sorted like the Agent's formatStringIntMap; escaping "~" is the same done
+        # to the whole text or to each piece, so the usual bundle is one join and one check.
+        text = _HEAD + " ".join([f"{count} **{reason}**: {message}\n"
+                                 for (reason, message), count in sorted(self.counts.items())])
+        text += foot
+        if "~" in text:
+            text = text.replace("~", "\\~")
+        event = _bundle_event(self.occ, text, last, components, global_tags, hostname)
+        if len(text) <= MAX_TEXT_CHARS:
+            out.append(event)
+            return
+        foot = foot.replace("~", "\\~")
+        budget = MAX_TEXT_CHARS - len(_HEAD) - len(foot)
+        for chunk in _pack(self._lines(budget), budget):
+            # Each a complete Datadog event of its own (same title, tags, key), own tag list.
+            out.append({**event, "msg_text": _HEAD + " ".join(chunk) + foot,
+                        "tags": list(event["tags"])})
 
     def _lines(self, budget: int) -> list[str]:
         """The text lines, sorted like the Agent's formatStringIntMap, long ones cut up."""
@@ -296,16 +350,17 @@ def _cut(text: str, limit: int) -> list[str]:
     return pieces
 
 
-_GO_TIMES: dict[int, str] = {}
+_GO_TIMES: dict[float, str] = {}
+_GO_TIMES_MAX = 4096
+"""Distinct event times remembered: about an hour of one-second timestamps (~0.5 MB)."""
 
 
 def _go_time(ts: float) -> str:
     """Go's ``time.Unix(ts, 0).String()`` in UTC, as the Agent prints the bundle's range."""
-    seconds = int(ts)
-    text = _GO_TIMES.get(seconds)
+    text = _GO_TIMES.get(ts)
     if text is None:
-        text = time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime(seconds))
-        if len(_GO_TIMES) > 8192:
+        text = time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime(int(ts)))
+        if len(_GO_TIMES) >= _GO_TIMES_MAX:
             _GO_TIMES.clear()
-        _GO_TIMES[seconds] = text
+        _GO_TIMES[ts] = text
     return text

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 from loguru import logger
@@ -25,6 +26,7 @@ from workers.protocol import Token
 __all__ = ["BatchSender", "Outbound"]
 
 _PUT_POLL_S = 0.2
+_TIMESTAMP = itemgetter("timestamp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +154,7 @@ class BatchSender:
             self._count("datadog_events_acknowledged_total", delivery.acknowledged)
             if delivery.skipped:
                 self._count("datadog_events_skipped_total", delivery.skipped)
-            newest = max(e["timestamp"] for e in events)
+            newest = max(map(_TIMESTAMP, events))
             if newest > self.newest:
                 self.newest = float(newest)
             break

@@ -5,8 +5,9 @@ Three levels, as kopf draws a watch: ``EventFeed.run`` reconnects for ever with 
 410 (continuous) -> ``_stream`` reads one watch response (one stream). It runs in a thread
 of its own and hands its results, in stream order, to a bounded queue:
 
-    WatchChunk ... the watch event lines of one network read (ADDED, MODIFIED, DELETED,
-                   BOOKMARK), undecoded: the job decodes them right where it uses them
+    WatchChunk ... the complete watch event lines of one network read (ADDED, MODIFIED,
+                   DELETED, BOOKMARK), undecoded: the job splits and decodes them right
+                   where it uses them
     ListPage ..... one page of a paginated list; the last one carries the list's
                    resourceVersion, where the watch then starts
     FeedFailed ... the thread died of a bug (the job re-raises it)
@@ -57,15 +58,11 @@ _EXPIRED_REASONS = frozenset({"Expired", "Gone"})
 
 @dataclass(frozen=True, slots=True)
 class WatchChunk:
-    """The watch event lines (``{"type", "object"}`` JSON) of one read, in stream order.
+    """The watch event lines (``{"type", "object"}`` JSON, each ending in a newline) of one
+    read, in stream order, as they came. The read-ahead costs its JSON size (~1.2 KB an
+    event, not a decoded dict's ~5 KB); the job splits and decodes it where it uses it."""
 
-    Not decoded here: the read-ahead then costs its JSON size (~1.2 KB an event) instead
-    of a decoded dict's (~5 KB), and each event is decoded right before the job uses it.
-    """
-
-    lines: list[bytes]
-    nbytes: int
-    """JSON bytes of those lines (for the job's byte-bounded batches)."""
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,31 +307,35 @@ class EventFeed:
         response = self._open(EVENTS_PATH, query, timeout)
         complete = False
         try:
-            for lines, nbytes, error in _line_groups(response):
+            for data in _complete_lines(response):
                 self._got_lines = True
-                if error:
-                    lines = self._before_error(lines)
-                self._position(lines)
-                self._put(WatchChunk(lines, nbytes))
+                if b'"ERROR"' in data:  # one substring search a read; the exact check after
+                    data = self._before_error(data)
+                self._position(data)
+                self._put(WatchChunk(data))
             complete = True
         finally:
             self._release(response, complete=complete)
         if self.stop.is_set():
             raise _Stopped
 
-    def _position(self, lines: list[bytes]) -> None:
+    def _position(self, data: bytes) -> None:
         """The resourceVersion of the last line is where a new stream resumes."""
-        for line in reversed(lines):
+        end = len(data)
+        while end > 0:
+            start = data.rfind(b"\n", 0, end - 1) + 1
             try:
-                rv = orjson.loads(line)["object"]["metadata"]["resourceVersion"]
+                rv = orjson.loads(data[start:end])["object"]["metadata"]["resourceVersion"]
             except (orjson.JSONDecodeError, TypeError, KeyError, IndexError):
-                continue  # a garbled line: the job counts it
+                rv = None  # a garbled line: the job counts it
             if rv:
                 self.resource_version = rv
                 return
+            end = start
 
-    def _before_error(self, lines: list[bytes]) -> list[bytes]:
+    def _before_error(self, data: bytes) -> bytes:
         """Lines up to an ERROR event; the ERROR itself ends the stream (raised)."""
+        lines = data.split(b"\n")
         for i, line in enumerate(lines):
             if b'"ERROR"' not in line:
                 continue
@@ -345,15 +346,16 @@ class EventFeed:
             if not isinstance(event, dict) or event.get("type") != "ERROR":
                 continue  # "ERROR" in a message, say
             if i:
-                self._position(lines[:i])
-                self._put(WatchChunk(lines[:i], 0))
+                before = b"\n".join(lines[:i]) + b"\n"
+                self._position(before)
+                self._put(WatchChunk(before))
             status = event.get("object")
             status = status if isinstance(status, dict) else {}
             if _is_expired(status):
                 raise _Expired(str(status.get("message") or status.get("reason") or "410"))
             raise ApiError(int(status.get("code") or 0), str(status.get("reason") or "Error"),
                            str(status.get("message") or "watch ERROR event"), status)
-        return lines
+        return data
 
     # -- hand-over ----------------------------------------------------------------------------
 
@@ -377,25 +379,21 @@ class EventFeed:
                 continue
 
 
-def _line_groups(response: urllib3.BaseHTTPResponse) -> Iterator[tuple[list[bytes], int, bool]]:
-    """The complete JSON lines of each read, their byte count, and whether an ERROR event
-    may be among them (one substring search per read; the exact check is per line after).
+def _complete_lines(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+    """The complete lines of each read, as one bytes object ending in a newline.
 
-    Not ``kubeapi.watch_lines``: grouping per read hands a whole read to the job in one
-    queue operation, and a group is passed on as soon as the read returns (a quiet
-    stream never holds lines back).
+    Not ``kubeapi.watch_lines``: a whole read goes to the job in one queue operation, and
+    it goes as soon as the read returns (a quiet stream never holds lines back).
     """
     pending = b""
     for data in response.stream(READ_SIZE, decode_content=True):
-        if b"\n" not in data:
+        end = data.rfind(b"\n") + 1
+        if not end:
             pending += data
             continue
-        data = pending + data
-        lines = data.split(b"\n")
-        pending = lines.pop()
-        nbytes = len(data) - len(pending)
-        lines = [line for line in lines if line]
-        if lines:
-            yield lines, nbytes, b'"ERROR"' in data
+        complete = pending + data[:end] if pending else data[:end]
+        pending = data[end:]
+        if complete.strip():
+            yield complete
     if pending.strip():
-        yield [pending], len(pending), b'"ERROR"' in pending
+        yield pending + b"\n"

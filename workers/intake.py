@@ -39,7 +39,6 @@ from loguru import logger
 
 from workers import payloads
 from workers.backoff import INTAKE_BACKOFF, Attempts, Backoff
-from workers.payloads import Encoded
 from workers.settings import IntakeSettings
 
 __all__ = ["Delivery", "IntakeClient", "Outcome", "intake_url", "user_agent"]
@@ -202,12 +201,15 @@ class IntakeClient:
         """
         if self._pool is None:
             return self._to_stdout(events)
+        hostname = self.hostname
+        whole = payloads.whole_events_payload(events, hostname, self.max_items, self.max_bytes)
+        if whole is not None:  # the usual batch: one payload, one orjson call (413: halves)
+            return self._deliver(EVENTS_PATH, [events], lambda part: whole if part is events
+                                 else payloads.events_body(part, hostname), stop, on_wait)
         encoded = payloads.encode_events(events)
-
-        def body(items: Sequence[Encoded]) -> bytes:
-            return payloads.events_payload(items, self.hostname)
-
-        return self._deliver(EVENTS_PATH, encoded, body, stop, on_wait)
+        batches = payloads.batches(encoded, max_items=self.max_items, max_bytes=self.max_bytes)
+        return self._deliver(EVENTS_PATH, batches,
+                             lambda items: payloads.events_payload(items, hostname), stop, on_wait)
 
     def deliver_service_checks(
         self,
@@ -220,22 +222,22 @@ class IntakeClient:
         if self._pool is None:
             return self._to_stdout(checks)
         encoded = payloads.encode_checks(checks)
-        return self._deliver(CHECKS_PATH, encoded, payloads.service_checks_payload, stop, on_wait)
+        batches = payloads.batches(encoded, max_items=self.max_items, max_bytes=self.max_bytes)
+        return self._deliver(CHECKS_PATH, batches, payloads.service_checks_payload, stop, on_wait)
 
     # -- internals ---------------------------------------------------------------------
 
     def _deliver(
         self,
         path: str,
-        items: Sequence[Encoded],
-        body: Callable[[Sequence[Encoded]], bytes],
+        payload_items: list[Sequence[Any]],
+        body: Callable[[Sequence[Any]], bytes],
         stop: threading.Event,
         on_wait: Callable[[], None] | None,
     ) -> Delivery:
         acked = skipped = 0
         reasons: list[str] = []
-        pending = list(payloads.batches(items, max_items=self.max_items, max_bytes=self.max_bytes))
-        pending.reverse()  # a stack: 413 halves go on top, in order
+        pending = payload_items[::-1]  # a stack: 413 halves go on top, in order
         while pending:
             batch = pending.pop()
             status, reason = self._post(path, body(batch), len(batch), stop, on_wait)

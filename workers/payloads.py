@@ -23,9 +23,11 @@ __all__ = [
     "batches",
     "encode_checks",
     "encode_events",
+    "events_body",
     "events_payload",
     "service_check",
     "service_checks_payload",
+    "whole_events_payload",
 ]
 
 MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
@@ -73,6 +75,27 @@ def events_payload(items: Sequence[Encoded], hostname: str) -> bytes:
         + orjson.dumps(hostname)
         + b"}"
     )
+
+
+def whole_events_payload(
+    events: Sequence[Mapping[str, Any]], hostname: str, max_items: int, max_bytes: int
+) -> bytes | None:
+    """The one ``/intake/`` body for ``events`` if they share a ``source_type_name`` and fit
+    the limits (the events worker's batches), encoded in one orjson call; else None."""
+    if not events or len(events) > max_items:
+        return None
+    name = events[0].get("source_type_name")
+    for event in events:
+        if event.get("source_type_name") != name:
+            return None
+    body = events_body(events, hostname)
+    return body if len(body) <= max_bytes else None
+
+
+def events_body(events: Sequence[Mapping[str, Any]], hostname: str) -> bytes:
+    """The bytes ``events_payload`` makes of events of the first one's source type."""
+    name = events[0].get("source_type_name") or "api"
+    return orjson.dumps({"apiKey": "", "events": {name: events}, "internalHostname": hostname})
 
 
 def service_checks_payload(items: Sequence[Encoded]) -> bytes:
