@@ -9,13 +9,14 @@ for the agent's log lines), durations in seconds unless a column says ms.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
 import platform
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,15 @@ def _clean(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def save_plot(draw: Callable[[dict[str, Any], Path], None], results: dict[str, Any],
+              path: Path) -> None:
+    """Draw the figure if matplotlib is there (the `bench` extra); the numbers never need it."""
+    if importlib.util.find_spec("matplotlib") is None:
+        print(f"(no plot {path.name}: matplotlib is not installed; pip install -e '.[bench]')")
+        return
+    draw(results, path)
 
 
 def pyplot() -> Any:

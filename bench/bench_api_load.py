@@ -372,7 +372,7 @@ def main() -> None:
     results = run(args)
     json_path, png_path = c.result_paths(args.out, "bench_api_load", args.quick)
     c.write_json(json_path, results)
-    plot(results, png_path)
+    c.save_plot(plot, results, png_path)
     print()
     headers = ["candidates", "lock", "lease s", "leader/min", "follower/min", "follower max",
                "all/min", "stable"]

@@ -309,7 +309,7 @@ def main() -> None:
     results = run(args)
     json_path, png_path = c.result_paths(args.out, "bench_handover", args.quick)
     c.write_json(json_path, results)
-    plot(results, png_path)
+    c.save_plot(plot, results, png_path)
     headers = ["scenario", "lease s", "runs", *PHASES, "dup", "lost"]
     print()
     print(c.table(headers, rows(results), title=f"Seconds after the signal, median; "

@@ -121,7 +121,7 @@ def main() -> None:
         args.seconds = min(args.seconds, 6.0)
     results = run(args)
     json_path, png_path = c.result_paths(args.out, "bench_latency", args.quick)
-    plot(results, png_path)
+    c.save_plot(plot, results, png_path)
     rows = []
     for r in results["runs"]:
         lat = r["latency_s"]

@@ -191,7 +191,7 @@ def main() -> None:
     results = run(args)
     json_path, png_path = c.result_paths(args.out, "bench_pods", args.quick)
     c.write_json(json_path, results)
-    plot(results, png_path)
+    c.save_plot(plot, results, png_path)
     print()
     print(c.table(["pod", *PROCESSES, "USS total", "PSS total", "target MB"],
                   table_rows(results),

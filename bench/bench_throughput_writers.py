@@ -142,7 +142,7 @@ def main() -> None:
     results = run(args)
     json_path, png_path = c.result_paths(args.out, "bench_throughput_writers", args.quick)
     c.write_json(json_path, results)
-    plot(results, png_path)
+    c.save_plot(plot, results, png_path)
     ceiling = results["ceiling"]["rate"]
     rows = []
     for r in results["live"]:
