@@ -113,6 +113,10 @@ class Elector:
         self._last_contact: float | None = None
         self._watching = False
         self._attempt_failed = False
+        self._term = 0
+        self._term_cond = threading.Condition()
+        """Guards the leadership term, ``_leading`` and ``_last_renew`` for the watchdog."""
+        self._fence_done = threading.Event()
         self.ticked_at = clock()
         """When the election loop last woke up: a stuck loop fails liveness."""
         self.requests: Counter[str] = Counter()
@@ -137,18 +141,54 @@ class Elector:
             if not self._acquire(stop):
                 break
             watcher_stop.set()  # a leader learns all it needs from its own writes
-            self._leading = True
+            term = self._begin_term()
             logger.info(
                 "became leader of {} as {} (transitions={})",
                 self.lock.describe(), self.identity, self._observed.leader_transitions,
             )
             self._report_leader()
             self._on_started()
-            fenced = self._renew_loop(stop)
-            if fenced:
-                self._leading = False
-                self._on_stopped()
+            if self._renew_loop(stop, term):
+                self._fence_done.wait()  # workers gone before we campaign again
         watcher_stop.set()
+
+    # -- fencing ----------------------------------------------------------------------------
+    def _begin_term(self) -> int:
+        with self._term_cond:
+            self._term += 1
+            self._leading = True
+            self._fence_done.clear()
+            term = self._term
+        threading.Thread(target=self._fencing_watchdog, args=(term,), name="fencing",
+                         daemon=True).start()
+        return term
+
+    def _fencing_watchdog(self, term: int) -> None:
+        """Fence at the renew deadline itself: a renewal stuck in a socket that never
+        answers must not delay stopping the workers past it."""
+        with self._term_cond:
+            while self._term == term and self._leading:
+                assert self._last_renew is not None
+                left = self._last_renew + self.timing.renew_deadline_s - self._clock()
+                if left <= 0:
+                    break
+                self._term_cond.wait(left)
+            else:
+                return
+        self._fence(term, f"not renewed within {self.timing.renew_deadline_s:.1f}s")
+
+    def _fence(self, term: int, why: str) -> None:
+        """Stop leading (once per term): the workers are stopped before this returns."""
+        with self._term_cond:
+            if self._term != term or not self._leading:
+                return
+            self._leading = False
+            self._term_cond.notify_all()
+        logger.error("{} {}: fencing (stopping workers)", self.lock.describe(), why)
+        try:
+            self._on_stopped()
+        finally:
+            self._fence_done.set()
 
     def _acquire(self, stop: threading.Event) -> bool:
         while not stop.is_set():
@@ -159,29 +199,28 @@ class Elector:
             self._follower_wait(stop)
         return False
 
-    def _renew_loop(self, stop: threading.Event) -> bool:
+    def _renew_loop(self, stop: threading.Event, term: int) -> bool:
         """Renew every retry period; True if leadership was lost (fenced), False on stop."""
         while not stop.wait(self.timing.jittered(self.timing.retry_period_s)):
             self.ticked_at = self._clock()
             assert self._last_renew is not None
             deadline = self._last_renew + self.timing.renew_deadline_s
             while True:
+                if not self._leading:
+                    return True  # the watchdog fenced while we were waiting on the API
                 remaining = deadline - self._clock()
                 if remaining <= 0:
-                    logger.error(
-                        "failed to renew {} within {:.1f}s: fencing (stopping workers)",
-                        self.lock.describe(), self.timing.renew_deadline_s,
-                    )
+                    self._fence(term, f"failed to renew within {self.timing.renew_deadline_s:.1f}s")
                     return True
                 if self._try_acquire_or_renew(remaining):
+                    if not self._leading:
+                        return True  # renewed, but only after the deadline: stay fenced
                     break
                 if not self.is_holder():
-                    logger.warning(
-                        "lost {} to {!r}: fencing (stopping workers)",
-                        self.lock.describe(), self._observed.holder_identity,
-                    )
+                    self._fence(term, f"lost to {self._observed.holder_identity!r}")
                     return True
-                if stop.wait(min(self.timing.retry_period_s / 2, max(0.0, remaining))):
+                left = deadline - self._clock()
+                if stop.wait(min(self.timing.retry_period_s / 2, max(0.0, left))):
                     return False
         return False
 
@@ -217,7 +256,12 @@ class Elector:
 
     # -- one attempt (client-go tryAcquireOrRenew) ------------------------------------------
     def _try_acquire_or_renew(self, timeout: float) -> bool:
-        timeout = max(0.05, min(timeout, self.lock.api.timeout_s))
+        """One attempt; all its requests together take at most ``timeout`` seconds."""
+        until = self._clock() + max(0.05, min(timeout, self.lock.api.timeout_s))
+
+        def left() -> float:
+            return max(0.05, until - self._clock())
+
         now = datetime.now(UTC)
         desired = LeaderRecord(
             holder_identity=self.identity,
@@ -234,15 +278,17 @@ class Elector:
                 acquire_time=observed.acquire_time,
                 leader_transitions=observed.leader_transitions,
             )
-            if self._call("update", self.lock.update, record, timeout) is not _FAILED:
+            if self._call("update", self.lock.update, record, left()) is not _FAILED:
                 self._renewed(record, sent)
                 return True
+            if self._clock() >= until:
+                return False
         # 2. Read (or create) the record.
-        current = self._call("get", self.lock.get, timeout)
+        current = self._call("get", self.lock.get, left())
         if current is _FAILED:
             return False
         if current is None:
-            if self._call("create", self.lock.create, desired, timeout) is _FAILED:
+            if self._call("create", self.lock.create, desired, left()) is _FAILED:
                 return False
             self._renewed(desired, sent)
             return True
@@ -261,7 +307,7 @@ class Elector:
             )
         else:
             record = replace(desired, leader_transitions=current.leader_transitions + 1)
-        if self._call("update", self.lock.update, record, timeout) is _FAILED:
+        if self._call("update", self.lock.update, record, left()) is _FAILED:
             return False
         self._renewed(record, sent)
         return True
@@ -289,7 +335,9 @@ class Elector:
             self._observed_at = sent
             self._observed_rv = max(self._observed_rv, _rv(self.lock.resource_version))
         self._last_renew_latency = self._clock() - sent
-        self._last_renew = sent
+        with self._term_cond:
+            self._last_renew = sent
+            self._term_cond.notify_all()
 
     def _observe(self, record: LeaderRecord, resource_version: str) -> None:
         with self._mutex:
@@ -381,7 +429,9 @@ class Elector:
 
     def release(self) -> bool:
         """Hand the lock over at once (empty holder, 1 s). Call after the workers stopped."""
-        self._leading = False
+        with self._term_cond:
+            self._leading = False  # ends the term; the fencing watchdog goes away
+            self._term_cond.notify_all()
         if not self.is_holder():
             return True
         timeout = self.timing.renew_deadline_s
