@@ -104,11 +104,15 @@ class Checkpointer:
             logger.info("ConfigMap {}/{} not found: starting without a token",
                         self.namespace, self.name)
             obj = {}
-        token = parse_token(obj.get("data"))
+        stored = parse_token(obj.get("data"))
         self._object = obj or None
         with self._mutex:
+            # A leader winning again after fencing may know more than the ConfigMap: what
+            # it holds was acknowledged, so resuming from the newer of the two loses nothing
+            # and replays nothing.
+            token = self._token if self._token and self._token.is_newer_than(stored) else stored
             self._token = token
-            self._persisted = token
+            self._persisted = stored
         logger.info("resuming from token {}", _describe(token))
         return token
 
