@@ -6,30 +6,39 @@
 
 Each replica gets its own health port, log files and DD_POD_NAME; configuration goes
 through DD_* variables (and an optional datadog.yaml). Nothing here mocks anything.
+
+    with OverlapWatch(fleet) as watch:       # samples every replica's workers every 10 ms
+        ...
+    assert watch.overlaps == []              # no instant with two replicas running workers
+
+``fleet_processes(fleet)`` lists every live process of every replica (supervisor, fork
+server, workers) from one scan of the process table (see ``podtree``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import psutil
+from podtree import WORKER_NAMES, PodProcess, TreeScanner, pods_of, scan_tree
 
 from kubesim.runner import KubeSim
-
-WORKER_NAMES = frozenset({"events", "controlplane"})
 
 
 def free_port() -> int:
@@ -116,8 +125,8 @@ class Replica:
                 status = resp.status
         except urllib.error.HTTPError as exc:
             body, status = exc.read(), exc.code
-        except (urllib.error.URLError, OSError):
-            return 0, None
+        except (urllib.error.URLError, OSError, http.client.HTTPException):
+            return 0, None  # not listening, or died mid-answer (IncompleteRead)
         try:
             return status, json.loads(body)
         except ValueError:
@@ -233,3 +242,84 @@ class Replicas:
 
     def __iter__(self) -> Iterator[Replica]:
         return iter(self.replicas)
+
+
+def fleet_processes(fleet: Replicas, scanner: TreeScanner | None = None) -> list[PodProcess]:
+    """Every live replica's process tree, from one scan of the process table.
+
+    The replicas are this process's children, so one scan of this process's descendants
+    finds them all (pass a ``TreeScanner`` of this process when sampling often).
+    """
+    roots = {r.proc.pid: r.name for r in fleet.replicas if r.proc is not None and r.alive()}
+    if not roots:
+        return []
+    return pods_of(scanner.scan() if scanner is not None else scan_tree(), roots)
+
+
+def running_workers_of(processes: list[PodProcess]) -> dict[str, dict[str, int]]:
+    """Replica name -> {worker name: pid} for the live (non-zombie) workers listed."""
+    running: dict[str, dict[str, int]] = {}
+    for p in processes:
+        if p.is_worker:
+            running.setdefault(p.replica, {})[p.name] = p.pid
+    return running
+
+
+class OverlapWatch:
+    """Samples every replica's worker processes; records instants where two had workers.
+
+    ``interval`` is the pause between samples; ``max_gap_s`` the longest time seen between
+    two samples (what "at no instant" really means on a loaded box). Subclasses extend
+    ``running`` (e.g. with orphaned workers) or ``observe`` (called with every sample).
+    """
+
+    def __init__(self, fleet: Replicas | None = None, interval: float = 0.01, *,
+                 source: Callable[[], list[PodProcess]] | None = None) -> None:
+        if source is None:
+            assert fleet is not None, "OverlapWatch needs a fleet or a source"
+            source = partial(fleet_processes, fleet, TreeScanner(psutil.Process()))
+        self.source = source
+        """Returns the live pod processes: ``fleet_processes(fleet)`` by default."""
+        self.interval = interval
+        self.overlaps: list[dict[str, dict[str, int]]] = []
+        self.samples = 0
+        self.max_gap_s = 0.0
+        self.gaps: list[float] = []
+        """Seconds between consecutive samples (for percentiles in reports)."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="overlap-watch", daemon=True)
+
+    def running(self, processes: list[PodProcess]) -> dict[str, dict[str, int]]:
+        return running_workers_of(processes)
+
+    def observe(self, now: float, processes: list[PodProcess],
+                running: dict[str, dict[str, int]]) -> None:
+        """Called after every sample (in the watch thread)."""
+
+    def _run(self) -> None:
+        last = None
+        due = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            processes = self.source()
+            running = self.running(processes)
+            self.samples += 1
+            if len(running) > 1:
+                self.overlaps.append(running)
+            if last is not None:
+                self.gaps.append(now - last)
+                self.max_gap_s = max(self.max_gap_s, now - last)
+            last = now
+            self.observe(now, processes, running)
+            # Every ``interval`` from the last start, not after it: the scan's own time
+            # must not stretch the gap between samples.
+            due = max(due + self.interval, time.monotonic())
+            time.sleep(max(0.0, due - time.monotonic()))
+
+    def __enter__(self) -> OverlapWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)

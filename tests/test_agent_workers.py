@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from agent_harness import Replica, Replicas, wait_for
+from agent_harness import OverlapWatch, Replica, Replicas, wait_for
 
 from kubesim.runner import KubeSim
 from supervisor.locks import LEADER_ANNOTATION, LeaderRecord
@@ -101,33 +100,6 @@ def test_sigkilled_supervisor_leaves_no_worker_behind(kubesim: KubeSim, fleet: R
         )
 
     wait_for(all_gone, 10, "every process of the pod to exit")
-
-
-class OverlapWatch:
-    """Samples every replica's worker processes; records instants where two had workers."""
-
-    def __init__(self, fleet: Replicas) -> None:
-        self.fleet = fleet
-        self.overlaps: list[dict[str, dict[str, int]]] = []
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            running = self.fleet.running_workers()
-            self.samples += 1
-            if len(running) > 1:
-                self.overlaps.append(running)
-            time.sleep(0.01)
-
-    def __enter__(self) -> OverlapWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
 
 @pytest.mark.parametrize("fault", ["stopped", "errors", "dropped"])
