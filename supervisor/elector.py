@@ -175,7 +175,8 @@ class Elector:
                 self._term_cond.wait(left)
             else:
                 return
-        self._fence(term, f"not renewed within {self.timing.renew_deadline_s:.1f}s")
+        self._fence(term, f"failed to renew {self.lock.describe()} within "
+                          f"{self.timing.renew_deadline_s:.1f}s (a renewal still hangs)")
 
     def _fence(self, term: int, why: str) -> None:
         """Stop leading (once per term): the workers are stopped before this returns."""
@@ -184,7 +185,7 @@ class Elector:
                 return
             self._leading = False
             self._term_cond.notify_all()
-        logger.error("{} {}: fencing (stopping workers)", self.lock.describe(), why)
+        logger.error("{}: fencing (stopping workers)", why)
         try:
             self._on_stopped()
         finally:
@@ -210,14 +211,16 @@ class Elector:
                     return True  # the watchdog fenced while we were waiting on the API
                 remaining = deadline - self._clock()
                 if remaining <= 0:
-                    self._fence(term, f"failed to renew within {self.timing.renew_deadline_s:.1f}s")
+                    self._fence(term, f"failed to renew {self.lock.describe()} within "
+                                      f"{self.timing.renew_deadline_s:.1f}s")
                     return True
                 if self._try_acquire_or_renew(remaining):
                     if not self._leading:
                         return True  # renewed, but only after the deadline: stay fenced
                     break
                 if not self.is_holder():
-                    self._fence(term, f"lost to {self._observed.holder_identity!r}")
+                    self._fence(term, f"lost {self.lock.describe()} to "
+                                      f"{self._observed.holder_identity!r}")
                     return True
                 left = deadline - self._clock()
                 if stop.wait(min(self.timing.retry_period_s / 2, max(0.0, left))):

@@ -202,7 +202,9 @@ def test_healthy_components_reach_the_intake_in_the_agents_format(kubesim, intak
     assert intake.requests("/intake/") == []
 
     assert job.stat("controlplane_rounds_total") >= 2
-    assert job.stat("controlplane_service_checks_total") >= 8
+    # The intake holds a body before the worker reads its answer: poll for the count.
+    wait_for(lambda: job.stat("controlplane_service_checks_total") >= 8,
+             what="8 service checks counted as acknowledged")
     assert job.stat("controlplane_failures_total") == 0
     assert job.ctx._heartbeat().healthy
 
@@ -438,7 +440,8 @@ def test_without_api_key_service_checks_are_json_lines_on_stdout(kubesim, start,
         assert check["host_name"] == HOST
         assert check["status"] == 0
         assert check["tags"][1:] == list(TAGS)
-    assert job.stat("controlplane_service_checks_total") >= 8
+    wait_for(lambda: job.stat("controlplane_service_checks_total") >= 8,
+             what="8 service checks counted as written")
 
 
 # -- under the supervisor's pool --------------------------------------------------------------
