@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,6 +21,11 @@ PROG = "kube-event-agent"
 EXIT_OK = 0
 EXIT_INVALID = 2
 """Bad usage or invalid configuration (argparse's code for usage errors, too)."""
+
+_IMPORTED_AT = time.time()
+"""About when the command started: the demo times itself from here, not from the process's
+creation, which may be a shell's that ran other commands before exec'ing this one."""
+DEMO_STARTED_ENV = "KUBE_EVENT_AGENT_DEMO_STARTED"
 
 _DEFAULT_CONFIG_PATH = "/etc/datadog-agent/datadog.yaml"
 """Same as ``supervisor.config.DEFAULT_CONFIG_PATH`` (not imported: see the docstring)."""
@@ -150,6 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     sys.stdout.flush()
     sys.stderr.flush()
+    os.environ[DEMO_STARTED_ENV] = repr(_IMPORTED_AT)
     try:
         os.execv(sys.executable, [sys.executable, "-m", "demo", *args.demo_args])
     except OSError as exc:
