@@ -70,6 +70,9 @@ def test_stopped_worker_is_detected_and_replaced(kubesim: KubeSim, fleet: Replic
     (replica,) = fleet.start(1)
     fleet.wait_for_leader(STARTUP)
     pid = worker_of(replica)
+    # Stopped before its first heartbeat, a worker gets the 10 s start-up allowance instead.
+    wait_for(lambda: (w := worker_state(replica)).get("pid") == pid
+             and w.get("heartbeat_age_s") is not None, STARTUP, "the worker's first heartbeat")
     os.kill(pid, signal.SIGSTOP)
     try:
         # 3 missed heartbeats of 0.5 s, then a kill and a restart after the 0.2 s backoff.
