@@ -14,7 +14,9 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -124,13 +126,32 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def save_plot(draw: Callable[[dict[str, Any], Path], None], results: dict[str, Any],
+def save_plot(draw: Callable[[Any, dict[str, Any]], Any], results: dict[str, Any],
               path: Path) -> None:
-    """Draw the figure if matplotlib is there (the `bench` extra); the numbers never need it."""
+    """``draw(pyplot, results)`` makes the figure; saved to ``path`` if matplotlib is there
+    (the `bench` extra): the numbers never need it."""
     if importlib.util.find_spec("matplotlib") is None:
         print(f"(no plot {path.name}: matplotlib is not installed; pip install -e '.[bench]')")
         return
-    draw(results, path)
+    plt = pyplot()
+    fig = draw(plt, results)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def new_log_dir(name: str) -> Path:
+    """A fresh directory for the agents' logs, announced with the machine line."""
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    print(f"{machine_line()}; logs in {work}", flush=True)
+    return work
+
+
+def drop_log_dir(work: Path, keep: bool) -> None:
+    """After a run that went through: the logs go unless ``--keep-logs`` (a run that raised
+    never gets here and keeps them)."""
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def pyplot() -> Any:

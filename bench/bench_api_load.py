@@ -24,9 +24,7 @@ A paper model for 5,000 candidates follows from the figures.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -268,10 +266,9 @@ def model(lease: float, n: int, *, ping_rpm: float, change_per_candidate: float
 def run(args: Any) -> dict[str, Any]:
     logger.remove()
     logger.add(lambda m: print(m, end=""), level="ERROR")
-    work = Path(tempfile.mkdtemp(prefix="bench-api-load-"))
+    work = c.new_log_dir("api-load")
     leases = [3.0] if args.quick else [15.0, 60.0]
     results: dict[str, Any] = {"machine": c.machine(), "runs": {}}
-    print(f"{c.machine_line()}; logs in {work}", flush=True)
     with Sim(work) as sim:
         intake, writer = Intake(), Writer(sim)
         writer.start(start_id=0, rate=5, threads=1)
@@ -305,11 +302,7 @@ def run(args: Any) -> dict[str, Any]:
                         for g in run_["groups"].values() if g["kind"] == "real")
         results["model_5000"][lease] = model(float(lease), 5000, ping_rpm=ping,
                                              change_per_candidate=change)
-    if not args.keep_logs:
-        with contextlib.suppress(OSError):
-            for p in work.iterdir():
-                p.unlink()
-            work.rmdir()
+    c.drop_log_dir(work, args.keep_logs)
     return results
 
 
@@ -323,8 +316,7 @@ def table_rows(results: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
-    plt = c.pyplot()
+def plot(plt: Any, results: dict[str, Any]) -> Any:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = {"15": "-", "60": "--", "3": "-"}
     for lease, run_ in results["runs"].items():
@@ -359,9 +351,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     right.legend(fontsize=7)
     fig.suptitle("leader election load on the API server (kubesim counters)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main() -> None:

@@ -27,12 +27,10 @@ with the base modules only: the biggest part of "worker up".
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -205,9 +203,8 @@ def preload_probe(repeat: int) -> dict[str, float]:
 
 
 def run(args: Any) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="bench-handover-"))
+    work = c.new_log_dir("handover")
     results: dict[str, Any] = {"machine": c.machine(), "rate_events_s": RATE, "leases": {}}
-    print(f"{c.machine_line()}; logs in {work}", flush=True)
     results["preload"] = preload_probe(1 if args.quick else 3)
     with Sim(work) as sim:
         intake, writer = Intake(), Writer(sim)
@@ -238,11 +235,7 @@ def run(args: Any) -> dict[str, Any]:
             bench.lock.close()
             writer.close()
             intake.close()
-    if not args.keep_logs:
-        with contextlib.suppress(OSError):
-            for p in work.iterdir():
-                p.unlink()
-            work.rmdir()
+    c.drop_log_dir(work, args.keep_logs)
     return results
 
 
@@ -262,8 +255,7 @@ def rows(results: dict[str, Any]) -> list[list[Any]]:
     return out
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
-    plt = c.pyplot()
+def plot(plt: Any, results: dict[str, Any]) -> Any:
     labels, stacks = [], []
     steps = ("lock moved", "token", "worker up", "collecting", "1st watch", "1st event")
     names = {"graceful": "SIGTERM leader", "crash": "SIGKILL leader", "worker": "SIGKILL worker"}
@@ -292,9 +284,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("seconds after the signal (median of the runs)")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("leader and worker changes: where the time goes")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main() -> None:

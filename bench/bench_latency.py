@@ -14,8 +14,6 @@ over the run.
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -68,9 +66,8 @@ def one_run(sim: Sim, intake: Intake, writer: Writer, work: Path, *, flush: floa
 
 
 def run(args: Any) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="bench-latency-"))
+    work = c.new_log_dir("latency")
     results: dict[str, Any] = {"machine": c.machine(), "runs": []}
-    print(f"{c.machine_line()}; logs in {work}", flush=True)
     with Sim(work) as sim:
         intake, writer = Intake(), Writer(sim)
         try:
@@ -84,16 +81,11 @@ def run(args: Any) -> dict[str, Any]:
         finally:
             writer.close()
             intake.close()
-    if not args.keep_logs:
-        with contextlib.suppress(OSError):
-            for p in work.iterdir():
-                p.unlink()
-            work.rmdir()
+    c.drop_log_dir(work, args.keep_logs)
     return results
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
-    plt = c.pyplot()
+def plot(plt: Any, results: dict[str, Any]) -> Any:
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in results["runs"]:
         values = sorted(r["latencies"])
@@ -107,9 +99,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_title(f"end-to-end latency at {results['runs'][0]['target_rate']:g} events/s")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ while 20 events/s are being written: process start -> /ready, -> leader, -> work
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -117,9 +116,8 @@ def startup(sim: Sim, intake: Intake, writer: Writer, work: Path, n: int) -> dic
 
 
 def run(args: Any) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="bench-pods-"))
+    work = c.new_log_dir("pods")
     results: dict[str, Any] = {"machine": c.machine()}
-    print(f"{c.machine_line()}; logs in {work}", flush=True)
     with Sim(work) as sim:
         intake, writer = Intake(), Writer(sim)
         try:
@@ -131,11 +129,7 @@ def run(args: Any) -> dict[str, Any]:
         finally:
             writer.close()
             intake.close()
-    if not args.keep_logs:
-        with contextlib.suppress(OSError):
-            for p in work.iterdir():
-                p.unlink()
-            work.rmdir()
+    c.drop_log_dir(work, args.keep_logs)
     return results
 
 
@@ -156,8 +150,7 @@ def table_rows(results: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
-    plt = c.pyplot()
+def plot(plt: Any, results: dict[str, Any]) -> Any:
     mem = results["memory"]
     labels, bars = [], []
     for state in ("idle", "load"):
@@ -176,9 +169,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("USS, MB")
     ax.set_title("agent pod memory by process (USS)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main() -> None:

@@ -17,8 +17,6 @@ the per-event latency. Side by side, in the same run:
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -75,10 +73,9 @@ def backlog(sim: Sim, intake: Intake, writer: Writer, work: Path, *, n: int, bas
 
 
 def run(args: Any) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="bench-writers-"))
+    work = c.new_log_dir("writers")
     n = args.n
     results: dict[str, Any] = {"machine": c.machine(), "events_per_run": n, "live": []}
-    print(f"{c.machine_line()}; logs in {work}", flush=True)
     with Sim(work, history=n * (len(WRITERS) + 2) + 10_000) as sim:
         intake, writer = Intake(), Writer(sim)
         try:
@@ -103,16 +100,11 @@ def run(args: Any) -> dict[str, Any]:
         finally:
             writer.close()
             intake.close()
-    if not args.keep_logs:
-        with contextlib.suppress(OSError):
-            for p in work.iterdir():
-                p.unlink()
-            work.rmdir()
+    c.drop_log_dir(work, args.keep_logs)
     return results
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
-    plt = c.pyplot()
+def plot(plt: Any, results: dict[str, Any]) -> Any:
     fig, ax = plt.subplots(figsize=(7, 4))
     labels = [f"{r['writers']} writer{'s' if r['writers'] > 1 else ''}" for r in results["live"]]
     xs = range(len(labels))
@@ -128,9 +120,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_title("events/s, watch -> intake ack")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main() -> None:
