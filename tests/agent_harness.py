@@ -37,6 +37,7 @@ from typing import Any
 
 import psutil
 from podtree import WORKER_NAMES, PodProcess, TreeScanner, pods_of, scan_tree
+from polling import wait_for
 
 from kubesim.runner import KubeSim
 
@@ -45,18 +46,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass

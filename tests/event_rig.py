@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from multiprocessing import Pipe
 from typing import Any
@@ -36,18 +36,6 @@ FAST = Backoff(base_s=0.05, factor=2.0, cap_s=0.4, jitter=0.0)
 API_KEY = "0123456789abcdef0123456789abcdef"
 _DRAINED = -1.0
 MARKER = re.compile(r"mk(\d+)-(\d+)")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition"
-             ) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def rfc3339(epoch: float | None = None) -> str:

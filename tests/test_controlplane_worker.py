@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from intake_server import LocalIntake
 from loguru import logger
+from polling import wait_for
 
 from kubesim.runner import KubeSim
 from supervisor.lifecycle import WorkerPool
@@ -56,18 +57,6 @@ def settings(sim: KubeSim, intake: LocalIntake | None, *, interval: float = INTE
         controlplane=ControlPlaneSettings(interval_s=interval, use_readyz=use_readyz),
         heartbeat_interval_s=0.25,
     )
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition"
-             ) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Job:

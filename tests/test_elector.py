@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import orjson
 import pytest
 from kubernetes import client
+from polling import wait_for
 
 from kubesim.runner import KubeSim
 from supervisor.elector import ElectionTiming, Elector
@@ -43,15 +44,6 @@ class Candidate:
         assert self.thread is not None
         self.thread.join(10)
         assert not self.thread.is_alive()
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture

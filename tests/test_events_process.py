@@ -8,35 +8,17 @@ import threading
 import time
 
 import pytest
-from event_rig import API_KEY, check_once, event, occurrences, wait_for
+from event_rig import API_KEY, check_once, event, occurrences
 from intake_server import LocalIntake
+from polling import wait_for
+from token_keeper import Checkpointer
 
 from supervisor.lifecycle import WorkerPool
 from workers.backoff import Backoff
-from workers.protocol import Token
 from workers.settings import EventSettings, IntakeSettings, KubeSettings, WorkerSettings
 
 BATCH = 100
 TOTAL = 3000
-
-
-class Checkpointer:
-    """Keeps the newest acknowledged token, as the supervisor's checkpointer does."""
-
-    def __init__(self) -> None:
-        self.token: Token | None = None
-        self.handed_out: list[Token | None] = []
-        self.lock = threading.Lock()
-
-    def on_progress(self, kind: str, token: Token) -> None:
-        with self.lock:
-            if token.is_newer_than(self.token):
-                self.token = token
-
-    def token_source(self, kind: str) -> Token | None:
-        with self.lock:
-            self.handed_out.append(self.token)
-            return self.token
 
 
 def running(pool: WorkerPool, not_pid: int | None = None):

@@ -17,9 +17,9 @@ from event_rig import (
     kube_api,
     occurrences,
     repeat,
-    wait_for,
 )
 from intake_server import LocalIntake
+from polling import wait_for
 
 from workers.protocol import Token
 from workers.settings import EventSettings, EventTypeSelector

@@ -13,9 +13,10 @@ from urllib.parse import parse_qs, urlparse
 
 import orjson
 import pytest
-from event_rig import API_KEY, FAST, event, occurrences, wait_for
+from event_rig import API_KEY, FAST, event, occurrences
 from intake_server import LocalIntake
 from kubernetes import client as kclient
+from polling import wait_for
 
 from workers.events import EventJob
 from workers.eventwatch import EventFeed, WatchChunk

@@ -18,6 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 from loguru import logger
+from polling import wait_for
+from token_keeper import Checkpointer
 from worker_jobs import SECRET, TEST_KINDS
 
 from supervisor import pid1
@@ -33,43 +35,11 @@ SETTINGS = WorkerSettings(heartbeat_interval_s=0.25, intake=IntakeSettings(api_k
 FAST = Backoff(base_s=0.1, factor=2.0, cap_s=5.0, jitter=0.0)
 
 
-def wait_for(predicate, timeout_s=20.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
-
-
 def gone(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-class Checkpointer:
-    """The test's stand-in for the supervisor's checkpointer: keeps the newest token."""
-
-    def __init__(self, token: Token | None = None) -> None:
-        self.token = token
-        self.received: list[Token] = []
-        self.handed_out: list[Token | None] = []
-        self.lock = threading.Lock()
-
-    def on_progress(self, kind: str, token: Token) -> None:
-        with self.lock:
-            self.received.append(token)
-            if token.is_newer_than(self.token):
-                self.token = token
-
-    def token_source(self, kind: str) -> Token | None:
-        with self.lock:
-            self.handed_out.append(self.token)
-            return self.token
 
 
 @pytest.fixture
@@ -321,7 +291,7 @@ def test_a_stopped_worker_does_not_block_others_logging(make_pool):
     try:
         before = worker(pool, "chatty2").stats.get("lines_total", 0)
         wait_for(lambda: worker(pool, "chatty2").stats.get("lines_total", 0) >= before + 20,
-                 timeout_s=10, what="chatty2 still logging")
+                 timeout=10, what="chatty2 still logging")
         done = threading.Event()
         threading.Thread(target=lambda: (logger.info("supervisor line"), done.set()),
                          daemon=True).start()
@@ -339,7 +309,7 @@ def test_forkserver_death_kills_and_restarts_workers(make_pool):
     assert server is not None
     assert psutil.Process(a.pid).ppid() == server
     os.kill(server, signal.SIGKILL)
-    wait_for(lambda: gone(a.pid) and gone(b.pid), timeout_s=5, what="workers died with it")
+    wait_for(lambda: gone(a.pid) and gone(b.pid), timeout=5, what="workers died with it")
     wait_for(lambda: running(pool, "a", not_pid=a.pid) and running(pool, "b", not_pid=b.pid),
              what="both restarted on a new fork server")
     assert pid1.forkserver_pid() != server
@@ -372,7 +342,7 @@ def test_sigkilled_supervisor_leaves_no_process(method, stopped):
                 os.kill(pid, signal.SIGSTOP)
         proc.kill()
         proc.wait(5)
-        wait_for(lambda: all(gone(pid) for pid in pod), timeout_s=10,
+        wait_for(lambda: all(gone(pid) for pid in pod), timeout=10,
                  what=f"no survivor among {pod}")
     finally:
         proc.kill()
