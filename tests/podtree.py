@@ -16,9 +16,12 @@ from dataclasses import dataclass
 
 import psutil
 
-__all__ = ["WORKER_NAMES", "PodProcess", "ProcTable", "TreeScanner", "pods_of", "scan_tree"]
+__all__ = ["WORKER_NAMES", "PodProcess", "ProcKey", "ProcTable", "TreeScanner", "alive", "pods_of",
+           "scan_tree"]
 
 WORKER_NAMES = frozenset({"events", "controlplane"})
+ProcKey = tuple[int, float]
+"""A process by pid and create time: a pid alone may be reused."""
 
 
 @dataclass(frozen=True)
@@ -121,3 +124,13 @@ def pods_of(found: ProcTable, roots: Mapping[int, str]) -> list[PodProcess]:
         if root in roots:
             out.append(PodProcess(roots[root], pid, name, created, root, zombie))
     return out
+
+
+def alive(key: ProcKey) -> bool:
+    """That very process still runs (a zombie does not count)."""
+    pid, created = key
+    try:
+        proc = psutil.Process(pid)
+        return proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -21,19 +21,9 @@ from typing import Any
 
 import psutil
 from agent_harness import OverlapWatch
-from podtree import PodProcess, ProcTable, TreeScanner, pods_of
+from podtree import PodProcess, ProcKey, ProcTable, TreeScanner, alive, pods_of
 
-ProcKey = tuple[int, float]
 WARM_S = 10.0
-
-
-def alive(key: ProcKey) -> bool:
-    pid, created = key
-    try:
-        proc = psutil.Process(pid)
-        return proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 class Supervisors:

@@ -25,6 +25,7 @@ from typing import Any
 import psutil
 from agent_harness import Replicas
 from ledger import Ledger
+from podtree import ProcKey, alive
 
 from kubesim.resources import find
 from kubesim.runner import KubeSim
@@ -33,7 +34,6 @@ from supervisor.locks import LEADER_ANNOTATION, LeaderRecord
 
 __all__ = ["ClusterWatch", "HealthWatch", "ProcessWatch", "WorkerRun", "still_alive", "tree"]
 
-ProcKey = tuple[int, float]
 _HERE = Path(__file__).resolve().parent
 _LOCK_BUCKET = find("endpoints").bucket
 
@@ -134,7 +134,7 @@ class ProcessWatch:
 
 def still_alive(keys: list[ProcKey]) -> list[ProcKey]:
     """Those of ``keys`` (pid, create time) still running (zombies do not count)."""
-    return [k for k in keys if _alive(k)]
+    return [k for k in keys if alive(k)]
 
 
 def tree(pid: int) -> list[ProcKey]:
@@ -149,15 +149,6 @@ def tree(pid: int) -> list[ProcKey]:
         with contextlib.suppress(psutil.Error):
             out.append((p.pid, p.create_time()))
     return out
-
-
-def _alive(key: ProcKey) -> bool:
-    pid, created = key
-    try:
-        proc = psutil.Process(pid)
-        return proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 class ClusterWatch(_Thread):
