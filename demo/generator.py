@@ -57,7 +57,6 @@ class EventGenerator:
         self._warmups = 0
         self._last_ns = 0
         self.errors = 0
-        self.last_error = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.started_at: float | None = None
@@ -125,7 +124,6 @@ class EventGenerator:
         except (ApiException, HTTPError, OSError) as exc:
             self.errors += 1
             status = getattr(exc, "status", None)
-            self.last_error = f"HTTP {status}" if status else type(exc).__name__
             if status == 409 and isinstance(action, Repeat):
                 self._refresh(action.key)
 

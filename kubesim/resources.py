@@ -72,10 +72,6 @@ class Resource:
     def bucket(self) -> str:
         return self.storage or self.qualified
 
-    @property
-    def base_path(self) -> str:
-        return f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-
     def supports(self, verb: str) -> bool:
         return verb in self.verbs
 

@@ -7,7 +7,6 @@ count -> (pause / injected faults) -> authorize (403) -> handler. Errors are Sta
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from typing import Any
 
@@ -49,10 +48,6 @@ class ApiServer:
     def url(self) -> str:
         scheme = "https" if self._ssl is not None else "http"
         return f"{scheme}://{self.config.host}:{self.port}"
-
-    @property
-    def listening(self) -> bool:
-        return self._site is not None
 
     async def start(self) -> None:
         self.cluster.store.bind_loop(asyncio.get_running_loop())
@@ -205,13 +200,3 @@ class ApiServer:
         if doc is None:
             raise errors.path_not_found()
         return json_response(doc)
-
-
-async def run_until(server: ApiServer, stop: asyncio.Event) -> None:
-    """Serve until ``stop`` is set, then close (used by the CLI and the runner)."""
-    await server.start()
-    try:
-        await stop.wait()
-    finally:
-        with contextlib.suppress(Exception):
-            await server.close()

@@ -35,11 +35,9 @@ class WorkerSlot:
     after_crash: bool = False
     restarts: int = 0
     """Processes started to replace a crashed one."""
-    reload_restarts: int = 0
     crashes: Counter[str] = field(default_factory=Counter)
     last_exit_code: int | None = None
     last_exit_reason: str = ""
-    last_backoff_s: float | None = None
     healthy: bool = True
     detail: str = ""
     stats: Mapping[str, float] = field(default_factory=dict)
@@ -111,8 +109,6 @@ class WorkerSlot:
         if self.relaunch or proc.generation != generation or not crashed:
             # A reload restart, or stop() then start() while this process was ending.
             why = "for new settings" if self.relaunch else "after a stop"
-            if self.relaunch:
-                self.reload_restarts += 1
             self.relaunch = False
             self.launch_at = now
             self.state = "starting"
@@ -125,7 +121,6 @@ class WorkerSlot:
         delay = self.attempts.next_delay()
         self.crashes[category] += 1
         self.last_exit_reason = reason
-        self.last_backoff_s = delay
         self.after_crash = True
         self.launch_at = now + delay
         self.state = "backoff"

@@ -104,11 +104,6 @@ class BatchSender:
             self._report(resource_version)
             return True
 
-    @property
-    def idle(self) -> bool:
-        with self._lock:
-            return self._busy == 0
-
     def close(self, timeout: float) -> None:
         """Deliver what is queued (retrying until ``give_up``), then end the thread."""
         while self._thread.is_alive():

@@ -167,11 +167,6 @@ class IntakeClient:
         """The last authenticated answer was 401/403 (no 2xx since)."""
         return self._forbidden
 
-    @property
-    def forbidden_until(self) -> float:
-        """``time.monotonic()`` before which no request is sent after a 403."""
-        return self._forbidden_until
-
     def counters(self) -> dict[str, float]:
         """Monotonic counters (running totals) for /metrics."""
         with self._lock:

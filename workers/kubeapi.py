@@ -30,8 +30,6 @@ from workers.settings import KubeSettings
 __all__ = ["ApiError", "KubeApi", "load_configuration", "watch_lines"]
 
 _JSON = "application/json"
-MERGE_PATCH = "application/merge-patch+json"
-STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 
 
 @dataclass(frozen=True)
@@ -49,11 +47,6 @@ class ApiError(Exception):
         if self.code == 0:
             return f"API server unreachable: {self.message}"
         return f"{self.code} {self.reason}: {self.message}"
-
-    @property
-    def unavailable(self) -> bool:
-        """No answer, or an answer that says "try again" (429, 5xx): worth a retry."""
-        return self.code == 0 or self.code == 429 or self.code >= 500
 
     @classmethod
     def from_response(cls, status_code: int, body: bytes) -> ApiError:
@@ -205,11 +198,6 @@ class KubeApi:
 
     def replace(self, path: str, body: Mapping[str, Any], **kw: Any) -> Any:
         return self.request("PUT", path, body=body, **kw)
-
-    def patch(
-        self, path: str, body: Mapping[str, Any], *, content_type: str = MERGE_PATCH, **kw: Any
-    ) -> Any:
-        return self.request("PATCH", path, body=body, content_type=content_type, **kw)
 
     def close(self) -> None:
         self._pool.clear()
