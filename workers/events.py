@@ -314,9 +314,9 @@ class EventJob:
 
     # -- delivering -------------------------------------------------------------------------
 
-    def _flush(self) -> bool:
+    def _flush(self, stop: threading.Event | None = None) -> bool:
         """Hand the pending batch to the sender; False if stopped while it was busy."""
-        return self._flush_positioned(None if self.listing else self.position)
+        return self._flush_positioned(None if self.listing else self.position, stop)
 
     def _flush_positioned(self, position: str | None, stop: threading.Event | None = None
                           ) -> bool:
@@ -334,8 +334,7 @@ class EventJob:
         timer.start()
         try:
             if self.pending:
-                self._flush_positioned(None if self.listing else self.position,
-                                       self.sender.give_up)
+                self._flush(self.sender.give_up)
             self.sender.close(_FINAL_FLUSH_S + 1.0)
         finally:
             timer.cancel()

@@ -371,12 +371,9 @@ class EventFeed:
                 continue
 
     def _put_final(self, item: object) -> None:
-        while not self.stop.is_set():
-            try:
-                self.out.put(item, timeout=_PUT_POLL_S)
-                return
-            except queue.Full:
-                continue
+        """``_put`` for the thread's last word: a stop simply drops it."""
+        with contextlib.suppress(_Stopped):
+            self._put(item)
 
 
 def _complete_lines(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
