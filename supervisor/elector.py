@@ -175,8 +175,10 @@ class Elector:
                 self._term_cond.wait(left)
             else:
                 return
-        self._fence(term, f"failed to renew {self.lock.describe()} within "
-                          f"{self.timing.renew_deadline_s:.1f}s (a renewal still hangs)")
+        self._fence(term, f"{self._not_renewed()} (a renewal still hangs)")
+
+    def _not_renewed(self) -> str:
+        return f"failed to renew {self.lock.describe()} within {self.timing.renew_deadline_s:.1f}s"
 
     def _fence(self, term: int, why: str) -> None:
         """Stop leading (once per term): the workers are stopped before this returns."""
@@ -211,8 +213,7 @@ class Elector:
                     return True  # the watchdog fenced while we were waiting on the API
                 remaining = deadline - self._clock()
                 if remaining <= 0:
-                    self._fence(term, f"failed to renew {self.lock.describe()} within "
-                                      f"{self.timing.renew_deadline_s:.1f}s")
+                    self._fence(term, self._not_renewed())
                     return True
                 if self._try_acquire_or_renew(remaining):
                     if not self._leading:
