@@ -14,7 +14,11 @@ Every pipeline watches from the same resourceVersion, so kubesim replays the sam
 events (bench_bundles.make_events) from its history. Rates run from "go" to the moment the
 intake acknowledged the last event (markers counted in the decompressed bodies); "cpu"
 is the CPU time (user + system, all threads) the pipeline's process spent per event, a
-figure less at the mercy of other load on the machine than the rates. Then:
+figure less at the mercy of other load on the machine than the rates; "sim" and "intake"
+are the CPU kubesim and the intake spent per event meanwhile. With them the script prints
+the CPU budget: all three share this machine's cores, so no pipeline that spends that much
+CPU per event can go faster than cores / (pipeline + sim + intake), however well it spreads
+its work over the cores. Then:
 RSS of our worker while ``--rss-n`` events pass, and the catch-up of a 10,000-event backlog
 after a 410 (watch position compacted away -> paginated re-list -> delivery).
 """
@@ -258,24 +262,38 @@ def wait_intake(intake: Child, timeout: float, on_tick: Callable[[], None] | Non
     raise TimeoutError(f"intake saw only {count} events")
 
 
-def run_ours(kubeconfig: str, intake: Child, url: str, rv: int, n: int, *, tuned: bool = True,
-             sample_rss: bool = False) -> dict[str, Any]:
+class CpuMeter:
+    """CPU seconds (user + system, all threads) processes spent since ``start``, per event."""
+
+    def __init__(self, **procs: Child) -> None:
+        self.procs = {name: psutil.Process(c.process.pid) for name, c in procs.items()}
+        self.start()
+
+    def start(self) -> None:
+        self.at = {name: _cpu(p) for name, p in self.procs.items()}
+
+    def per_event(self, n: int) -> dict[str, float]:
+        return {f"{name}_us": (_cpu(p) - self.at[name]) / n * 1e6
+                for name, p in self.procs.items()}
+
+
+def run_ours(kubeconfig: str, sim: Child, intake: Child, url: str, rv: int, n: int, *,
+             tuned: bool = True, sample_rss: bool = False) -> dict[str, Any]:
     intake.ask("expect", n)
     child = Child(ours_main, kubeconfig, url, str(rv), tuned)
     assert child.conn.recv() == "ready"
     proc = psutil.Process(child.process.pid)
     rss: list[int] = [proc.memory_info().rss]
-    cpu0 = _cpu(proc)
+    meter = CpuMeter(cpu=child, sim=sim, intake=intake)
     t0 = time.monotonic()
     child.conn.send("go")
     done = wait_intake(intake, 600, (lambda: rss.append(proc.memory_info().rss))
                        if sample_rss else None)
-    cpu = _cpu(proc) - cpu0
+    cpu = meter.per_event(n)
     rss.append(proc.memory_info().rss)
     stats = child.ask("stop")
     child.close()
-    return {"seconds": done - t0, "rate": n / (done - t0), "rss": rss, "stats": stats,
-            "cpu_us": cpu / n * 1e6}
+    return {"seconds": done - t0, "rate": n / (done - t0), "rss": rss, "stats": stats, **cpu}
 
 
 def _cpu(proc: psutil.Process) -> float:
@@ -283,24 +301,30 @@ def _cpu(proc: psutil.Process) -> float:
     return times.user + times.system
 
 
-def run_ceiling(kubeconfig: str, rv: int, n: int) -> dict[str, Any]:
+def run_ceiling(kubeconfig: str, sim: Child, rv: int, n: int) -> dict[str, Any]:
     child = Child(ceiling_main, kubeconfig, str(rv), n)
     assert child.conn.recv() == "ready"
+    meter = CpuMeter(sim=sim)
     seconds, cpu = child.ask("go")
+    return_value = {"seconds": seconds, "rate": n / seconds, "cpu_us": cpu / n * 1e6,
+                    **meter.per_event(n)}
     child.close()
-    return {"seconds": seconds, "rate": n / seconds, "cpu_us": cpu / n * 1e6}
+    return return_value
 
 
-def run_naive(kubeconfig: str, intake: Child, url: str, rv: int, n: int) -> dict[str, Any]:
+def run_naive(kubeconfig: str, sim: Child, intake: Child, url: str, rv: int, n: int
+              ) -> dict[str, Any]:
     intake.ask("expect", n)
     child = Child(naive_main, kubeconfig, url, str(rv), n)
     assert child.conn.recv() == "ready"
+    meter = CpuMeter(cpu=child, sim=sim, intake=intake)
     t0 = time.monotonic()
     child.conn.send("go")
     done = wait_intake(intake, 1800)
+    cpu = meter.per_event(n)
     child.conn.recv()
     child.close()
-    return {"seconds": done - t0, "rate": n / (done - t0)}
+    return {"seconds": done - t0, "rate": n / (done - t0), **cpu}
 
 
 def main() -> None:
@@ -323,37 +347,45 @@ def main() -> None:
     kubeconfig, _ = sim.conn.recv()
     rv0, rv1 = sim.ask("populate", n)
     rows: list[tuple[str, dict[str, Any]]] = []
-    ceiling = max((run_ceiling(kubeconfig, rv0, n) for _ in range(args.repeat)),
+    ceiling = max((run_ceiling(kubeconfig, sim, rv0, n) for _ in range(args.repeat)),
                   key=lambda r: r["rate"])
-    ours = max((run_ours(kubeconfig, intake, url, rv0, n) for _ in range(args.repeat)),
+    ours = max((run_ours(kubeconfig, sim, intake, url, rv0, n) for _ in range(args.repeat)),
                key=lambda r: r["rate"])
-    untuned = run_ours(kubeconfig, intake, url, rv0, n, tuned=False)
+    untuned = run_ours(kubeconfig, sim, intake, url, rv0, n, tuned=False)
     rows = [("ceiling: read + orjson.loads", ceiling), ("ours (workers.events)", ours),
             ("ours, default GC", untuned)]
     naive = None
     if not args.skip_naive:
-        naive = run_naive(kubeconfig, intake, url, rv0, args.naive_n)
+        naive = run_naive(kubeconfig, sim, intake, url, rv0, args.naive_n)
         rows.append(("naive: V1Event + POST each", naive))
 
     # 410 catch-up: a backlog written after our token, then the history compacted away.
     sim.ask("populate", args.backlog)
     sim.ask("compact")
-    catch_up = run_ours(kubeconfig, intake, url, rv1, args.backlog)
+    catch_up = run_ours(kubeconfig, sim, intake, url, rv1, args.backlog)
     sim.ask("stop")
     sim.close()
 
     naive_note = f"naive on {args.naive_n} events" if naive else "naive skipped"
     print(f"\n{n} events of ~1.2 KB, watch from kubesim's history; best of {args.repeat}"
           f" for ours and the ceiling; {naive_note}\n")
+    cores = os.cpu_count() or 1
     head = (f"{'pipeline':<32}{'events/s':>10}{'seconds':>9}{'x naive':>9}{'% ceiling':>11}"
-            f"{'cpu us/ev':>11}")
+            f"{'cpu us/ev':>11}{'sim':>6}{'intake':>8}{'budget/s':>10}{'%':>5}")
     print(head)
     print("-" * len(head))
     for name, r in rows:
         x_naive = f"{r['rate'] / naive['rate']:>9.1f}" if naive else f"{'-':>9}"
-        cpu = f"{r['cpu_us']:>11.1f}" if "cpu_us" in r else f"{'-':>11}"
+        total = r["cpu_us"] + r["sim_us"] + r.get("intake_us", 0.0)
+        budget = cores * 1e6 / total
+        share = 100 * budget / ceiling["rate"]
+        intake_us = f"{r['intake_us']:>8.1f}" if "intake_us" in r else f"{'-':>8}"
         print(f"{name:<32}{r['rate']:>10.0f}{r['seconds']:>9.2f}{x_naive}"
-              f"{100 * r['rate'] / ceiling['rate']:>10.0f}%{cpu}")
+              f"{100 * r['rate'] / ceiling['rate']:>10.0f}%{r['cpu_us']:>11.1f}"
+              f"{r['sim_us']:>6.1f}{intake_us}{budget:>10.0f}{share:>4.0f}%")
+    print(f"\nbudget/s: {cores} cores x 1e6 / (cpu + sim + intake us per event), the most events/s"
+          " that CPU per event allows here\n(kubesim and the intake share the cores);"
+          " %: that bound as a share of the ceiling's measured rate")
     print(f"\n410 catch-up: {args.backlog} new events behind a compacted token, list of "
           f"{n + args.backlog} events in pages of 500: {catch_up['seconds']:.2f} s to "
           f"acknowledged ({catch_up['stats'].get('relists_total', 0):.0f} re-list)")
@@ -362,7 +394,7 @@ def main() -> None:
     sim = Child(sim_main, args.rss_n + 1000)
     kubeconfig, _ = sim.conn.recv()
     rv0, _ = sim.ask("populate", args.rss_n)
-    rss_run = run_ours(kubeconfig, intake, url, rv0, args.rss_n, sample_rss=True)
+    rss_run = run_ours(kubeconfig, sim, intake, url, rv0, args.rss_n, sample_rss=True)
     sim.ask("stop")
     sim.close()
     rss = [r / 2**20 for r in rss_run["rss"]]

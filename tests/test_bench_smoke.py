@@ -95,3 +95,30 @@ def test_throughput_writers(tmp_path: Path) -> None:
         assert r["delivery_rate"] > 0
     assert doc["backlog"]["lost"] == 0
     assert doc["ceiling"]["rate"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_events() -> None:
+    """bench_events has no --quick: small counts instead. Every pipeline's row, the CPU
+    budget, the 410 catch-up and the RSS run are printed."""
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_events.py"), "-n", "3000",
+                           "--naive-n", "200", "--rss-n", "2000", "--backlog", "500",
+                           "--repeat", "1"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=240, check=False)
+    assert proc.returncode == 0, f"failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    out = proc.stdout
+    rows = {line[:32].strip(): line[32:].split() for line in out.splitlines()
+            if line.startswith(("ceiling:", "ours", "naive:"))}
+    assert set(rows) == {"ceiling: read + orjson.loads", "ours (workers.events)",
+                         "ours, default GC", "naive: V1Event + POST each"}
+    for name, cells in rows.items():
+        # events/s, seconds, x naive, % ceiling, cpu, sim, intake, budget/s, budget %
+        assert len(cells) == 9, (name, cells)
+        assert float(cells[0]) > 0, (name, cells)
+        assert float(cells[7]) > 0, (name, cells)
+    assert rows["ceiling: read + orjson.loads"][6] == "-"  # the ceiling posts nothing
+    assert float(rows["ours (workers.events)"][6]) >= 0  # the intake's CPU was measured
+    assert "budget/s: " in out
+    assert "500 new events behind a compacted token" in out
+    assert "(1 re-list)" in out
+    assert "RSS of the events worker while 2000 events pass" in out
