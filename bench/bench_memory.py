@@ -96,7 +96,7 @@ def pod(role: str, method: str, settle_s: float) -> None:
     if role != "follower":
         pool.start(WorkerSettings(), list(registry))
         deadline = time.monotonic() + 60
-        while not all(w.stats.get("ready") for w in pool.snapshot()):
+        while not all(w.gauges.get("ready") for w in pool.snapshot()):
             if time.monotonic() > deadline:
                 raise SystemExit("workers did not get ready")
             time.sleep(0.1)

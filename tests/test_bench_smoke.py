@@ -1,4 +1,4 @@
-"""The bench scripts still run: each one's ``--quick`` mode, as a real process, end to end.
+"""The bench scripts still run: each one's ``--quick`` mode (or small counts), as a real process.
 
 Checks that every script exits 0, prints its table and writes sane figures (events not lost,
 orders of magnitude that hold on any machine). Never a timing target: CI boxes are slow
@@ -122,3 +122,41 @@ def test_events() -> None:
     assert "500 new events behind a compacted token" in out
     assert "(1 re-list)" in out
     assert "RSS of the events worker while 2000 events pass" in out
+
+
+def run_small(name: str, *args: str) -> str:
+    """A bench script without --quick, run with small counts; its stdout."""
+    proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_memory() -> None:
+    out = run_small("bench_memory", "--settle", "0.2")
+    assert "failed" not in out
+    pods = [line for line in out.splitlines() if line.startswith("== ")]
+    assert len(pods) == 5, out
+    totals = [float(line.split()[1]) for line in out.splitlines() if line.startswith("total")]
+    assert len(totals) == 5, out
+    assert all(0 < uss < 1000 for uss in totals), totals
+
+
+@pytest.mark.timeout(120)
+def test_bundles() -> None:
+    out = run_small("bench_bundles", "-n", "1000", "--repeat", "1")
+    rows = [line.split() for line in out.splitlines() if line.startswith(("bundled", "unbundled"))]
+    assert len(rows) == 4, out
+    # mode, zlib level, Datadog events, payload MB, zlib MB, then six rates (events/s)
+    assert all(float(row[2]) > 0 for row in rows), rows
+    assert all(float(cell) > 0 for row in rows for cell in row[-6:]), rows
+
+
+@pytest.mark.timeout(120)
+def test_kubesim() -> None:
+    out = run_small("kubesim_bench", "--events", "1000", "--writes", "100", "--watchers", "5",
+                    "--watched-writes", "50")
+    assert "events delivered to watchers" in out
+    delivered = next(line for line in out.splitlines() if "events delivered to watchers" in line)
+    assert delivered.split()[-1] == "250"  # 5 watchers x 50 writes, none lost
