@@ -301,10 +301,11 @@ def _cpu(proc: psutil.Process) -> float:
     return times.user + times.system
 
 
-def run_ceiling(kubeconfig: str, sim: Child, rv: int, n: int) -> dict[str, Any]:
+def run_ceiling(kubeconfig: str, rv: int, n: int, sim: Child | None = None) -> dict[str, Any]:
+    """The ceiling's rate and CPU per event (and kubesim's, if ``sim`` is given)."""
     child = Child(ceiling_main, kubeconfig, str(rv), n)
     assert child.conn.recv() == "ready"
-    meter = CpuMeter(sim=sim)
+    meter = CpuMeter(**({"sim": sim} if sim else {}))
     seconds, cpu = child.ask("go")
     return_value = {"seconds": seconds, "rate": n / seconds, "cpu_us": cpu / n * 1e6,
                     **meter.per_event(n)}
@@ -347,7 +348,7 @@ def main() -> None:
     kubeconfig, _ = sim.conn.recv()
     rv0, rv1 = sim.ask("populate", n)
     rows: list[tuple[str, dict[str, Any]]] = []
-    ceiling = max((run_ceiling(kubeconfig, sim, rv0, n) for _ in range(args.repeat)),
+    ceiling = max((run_ceiling(kubeconfig, rv0, n, sim) for _ in range(args.repeat)),
                   key=lambda r: r["rate"])
     ours = max((run_ours(kubeconfig, sim, intake, url, rv0, n) for _ in range(args.repeat)),
                key=lambda r: r["rate"])
