@@ -263,13 +263,10 @@ def wait_intake(intake: Child, timeout: float, on_tick: Callable[[], None] | Non
 
 
 class CpuMeter:
-    """CPU seconds (user + system, all threads) processes spent since ``start``, per event."""
+    """CPU time (user + system, all threads) processes spent since it was made, per event."""
 
     def __init__(self, **procs: Child) -> None:
         self.procs = {name: psutil.Process(c.process.pid) for name, c in procs.items()}
-        self.start()
-
-    def start(self) -> None:
         self.at = {name: _cpu(p) for name, p in self.procs.items()}
 
     def per_event(self, n: int) -> dict[str, float]:
