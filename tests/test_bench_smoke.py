@@ -117,7 +117,7 @@ def test_events() -> None:
         assert float(cells[0]) > 0, (name, cells)
         assert float(cells[7]) > 0, (name, cells)
     assert rows["ceiling: read + orjson.loads"][6] == "-"  # the ceiling posts nothing
-    assert float(rows["ours (workers.events)"][6]) >= 0  # the intake's CPU was measured
+    float(rows["ours (workers.events)"][6])  # the intake's CPU is a figure, not "-"
     assert "budget/s: " in out
     assert "500 new events behind a compacted token" in out
     assert "(1 re-list)" in out
@@ -159,4 +159,4 @@ def test_kubesim() -> None:
                     "--watched-writes", "50")
     assert "events delivered to watchers" in out
     delivered = next(line for line in out.splitlines() if "events delivered to watchers" in line)
-    assert delivered.split()[-1] == "250"  # 5 watchers x 50 writes, none lost
+    assert delivered.split()[-1] == "250"  # each of 5 watchers saw all 50 writes
