@@ -338,7 +338,8 @@ def main() -> None:
     n = args.n
     intake = Child(intake_main)
     url = intake.conn.recv()
-    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
+    cores = len(os.sched_getaffinity(0))  # the CPUs this process may use, not the host's
+    print(f"{cores} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"populating kubesim with {n} events...", flush=True)
 
     sim = Child(sim_main, n + args.backlog + 1000)
@@ -367,9 +368,8 @@ def main() -> None:
     naive_note = f"naive on {args.naive_n} events" if naive else "naive skipped"
     print(f"\n{n} events of ~1.2 KB, watch from kubesim's history; best of {args.repeat}"
           f" for ours and the ceiling; {naive_note}\n")
-    cores = os.cpu_count() or 1
     head = (f"{'pipeline':<32}{'events/s':>10}{'seconds':>9}{'x naive':>9}{'% ceiling':>11}"
-            f"{'cpu us/ev':>11}{'sim':>6}{'intake':>8}{'budget/s':>10}{'%':>5}")
+            f"{'cpu us/ev':>11}{'sim':>8}{'intake':>8}{'budget/s':>10}{'%':>5}")
     print(head)
     print("-" * len(head))
     for name, r in rows:
@@ -380,7 +380,7 @@ def main() -> None:
         intake_us = f"{r['intake_us']:>8.1f}" if "intake_us" in r else f"{'-':>8}"
         print(f"{name:<32}{r['rate']:>10.0f}{r['seconds']:>9.2f}{x_naive}"
               f"{100 * r['rate'] / ceiling['rate']:>10.0f}%{r['cpu_us']:>11.1f}"
-              f"{r['sim_us']:>6.1f}{intake_us}{budget:>10.0f}{share:>4.0f}%")
+              f"{r['sim_us']:>8.1f}{intake_us}{budget:>10.0f}{share:>4.0f}%")
     print(f"\nbudget/s: {cores} cores x 1e6 / (cpu + sim + intake us per event), the most events/s"
           " that CPU per event allows here\n(kubesim and the intake share the cores);"
           " %: that bound as a share of the ceiling's measured rate")
