@@ -97,16 +97,20 @@ def test_throughput_writers(tmp_path: Path) -> None:
     assert doc["ceiling"]["rate"] > 0
 
 
+def run_small(name: str, *args: str) -> str:
+    """A bench script without --quick, run with small counts; its stdout."""
+    proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
 @pytest.mark.timeout(300)
 def test_events() -> None:
     """bench_events has no --quick: small counts instead. Every pipeline's row, the CPU
     budget, the 410 catch-up and the RSS run are printed."""
-    proc = subprocess.run([sys.executable, str(BENCH / "bench_events.py"), "-n", "3000",
-                           "--naive-n", "200", "--rss-n", "2000", "--backlog", "500",
-                           "--repeat", "1"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=240, check=False)
-    assert proc.returncode == 0, f"failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    out = proc.stdout
+    out = run_small("bench_events", "-n", "3000", "--naive-n", "200", "--rss-n", "2000",
+                    "--backlog", "500", "--repeat", "1")
     rows = {line[:32].strip(): line[32:].split() for line in out.splitlines()
             if line.startswith(("ceiling:", "ours", "naive:"))}
     assert set(rows) == {"ceiling: read + orjson.loads", "ours (workers.events)",
@@ -122,14 +126,6 @@ def test_events() -> None:
     assert "500 new events behind a compacted token" in out
     assert "(1 re-list)" in out
     assert "RSS of the events worker while 2000 events pass" in out
-
-
-def run_small(name: str, *args: str) -> str:
-    """A bench script without --quick, run with small counts; its stdout."""
-    proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=240, check=False)
-    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
 
 
 @pytest.mark.timeout(300)
