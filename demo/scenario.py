@@ -40,7 +40,8 @@ __all__ = ["run_demo"]
 
 
 STARTED_ENV = "KUBE_EVENT_AGENT_DEMO_STARTED"
-"""Set by ``kube-event-agent demo`` (epoch seconds) before it becomes ``python -m demo``."""
+"""Set by ``kube-event-agent demo`` (epoch seconds) before it becomes ``python -m demo``;
+``supervisor.cli.DEMO_STARTED_ENV`` is its twin (neither package may import the other)."""
 
 
 def _command_started() -> float:

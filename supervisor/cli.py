@@ -26,6 +26,8 @@ _IMPORTED_AT = time.time()
 """About when the command started: the demo times itself from here, not from the process's
 creation, which may be a shell's that ran other commands before exec'ing this one."""
 DEMO_STARTED_ENV = "KUBE_EVENT_AGENT_DEMO_STARTED"
+"""Read by ``demo.scenario.STARTED_ENV``: spelled in both, as neither package may import
+the other (import-linter contracts); tests/test_demo.py holds them equal."""
 
 _DEFAULT_CONFIG_PATH = "/etc/datadog-agent/datadog.yaml"
 """Same as ``supervisor.config.DEFAULT_CONFIG_PATH`` (not imported: see the docstring)."""

@@ -21,7 +21,9 @@ import pytest
 
 from demo.generator import Generated
 from demo.intake import Appearance
+from demo.scenario import STARTED_ENV
 from demo.summary import tally
+from supervisor.cli import DEMO_STARTED_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -200,3 +202,7 @@ def test_a_doubled_count_on_a_bundled_line_is_a_duplicate() -> None:
     assert t.lost_markers == ("ev-000003",)
     assert t.unexpected == 1
     assert t.latency_max_s == pytest.approx(0.5)
+
+
+def test_the_cli_passes_its_start_time_under_the_name_the_demo_reads() -> None:
+    assert DEMO_STARTED_ENV == STARTED_ENV
