@@ -436,6 +436,9 @@ class Elector:
         with self._term_cond:
             self._leading = False  # ends the term; the fencing watchdog goes away
             self._term_cond.notify_all()
+        # The workers are stopped already: an election thread that outlived its join (stuck
+        # in an API call) and now sees the term over must not wait for a fence for ever.
+        self._fence_done.set()
         if not self.is_holder():
             return True
         timeout = self.timing.renew_deadline_s

@@ -253,3 +253,17 @@ def test_a_late_watch_event_never_undoes_our_own_write(kubesim: KubeSim, candida
     assert elector.is_leader()
     time.sleep(2 * ElectionTiming.from_lease(LEASE).retry_period_s)  # observe a few renewals
     assert cand.stopped == []
+
+
+def test_release_while_the_election_thread_still_runs_never_wedges_it(
+    kubesim: KubeSim, candidates
+) -> None:
+    """release() ends the term under a live election thread (e.g. one that outlived the
+    agent's join while stuck in an API call): the thread must still end once stopped."""
+    (cand,) = candidates(1)
+    wait_for(lambda: cand.leading, 10, "leadership")
+    assert cand.elector.release()
+    # Not stopped, the thread notices the ended term at its next renewal and, alone,
+    # campaigns and wins again; a thread waiting for a fence that never comes does not.
+    wait_for(lambda: len(cand.started) == 2, 10, "a new campaign after the release")
+    cand.crash()  # stop + join
